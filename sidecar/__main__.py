@@ -1,0 +1,4 @@
+from sidecar.cli import main
+import sys
+
+sys.exit(main())

@@ -1,0 +1,143 @@
+"""Wires the parts together and supervises them: named tasks, one failing stops all.
+
+Shutdown order matters: publish standby, release the lease, write `standby` to the role file
+last, all under `asyncio.shield` so a second signal cannot cut the release short.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import uuid
+from pathlib import Path
+from typing import Any
+
+from kubernetes_asyncio.client import ApiClient, Configuration
+from kubernetes_asyncio.config import incluster_config, kube_config
+from prometheus_client import CollectorRegistry
+
+from sidecar import http_api, logs, metrics_http
+from sidecar.clock import SystemClock
+from sidecar.election import Elector
+from sidecar.heartbeat import BeatHeartbeat
+from sidecar.kube_lock import LeaseLockBackend
+from sidecar.metrics import ElectionMetrics
+from sidecar.role_files import RoleFiles
+from sidecar.settings import IN_CLUSTER_DIR, RunSettings
+from sidecar.status import StatusBoard
+
+log = logging.getLogger("lease_sidecar.app")
+
+SHUTDOWN_GRACE_S = 5.0
+"""How long the release may take after SIGTERM before the process exits anyway."""
+
+
+async def make_api_client(settings: RunSettings) -> ApiClient:
+    configuration = Configuration()
+    if not settings.kubeconfig and os.environ.get("KUBERNETES_SERVICE_HOST"):
+        incluster_config.load_incluster_config(
+            client_configuration=configuration,
+            token_filename=str(IN_CLUSTER_DIR / "token"), cert_filename=str(IN_CLUSTER_DIR / "ca.crt"))
+    else:
+        path = settings.kubeconfig or os.environ.get("KUBECONFIG", "").split(os.pathsep)[0] or str(
+            Path.home() / ".kube" / "config")
+        await kube_config.load_kube_config(config_file=path, client_configuration=configuration)
+    return ApiClient(configuration=configuration)
+
+
+async def run(settings: RunSettings, namespace: str, identity: str, config: Any) -> int:
+    context: dict[str, Any] = {"lease": f"{namespace}/{settings.lease_name}", "identity": identity,
+                               "correlation_id": uuid.uuid4().hex[:12], "term": None}
+    logs.configure(settings.log_level, context)
+    role_files = RoleFiles(Path(settings.role_dir)) if settings.role_dir else None
+    if role_files:
+        role_files.prepare()  # standby before anything else
+
+    clock = SystemClock()
+    elector = Elector(identity, config)
+    registry = CollectorRegistry(auto_describe=True)
+    election_metrics = ElectionMetrics(registry, elector, clock, namespace, settings.lease_name, identity)
+    board = StatusBoard(elector, clock, context["lease"], config.heartbeat_ttl_s)
+
+    def track_term(snapshot: dict[str, Any]) -> None:
+        context["term"] = snapshot["fencing_token"]
+
+    board.subscribe(track_term)
+    if role_files:
+        board.subscribe(role_files.publish)
+
+    api_client = await make_api_client(settings)
+    backend = LeaseLockBackend(api_client, namespace, settings.lease_name, election_metrics.observe_request)
+    heartbeat = BeatHeartbeat(elector, backend, board, clock, election_metrics.count_watch_restart)
+
+    tasks: dict[str, asyncio.Task[None]] = {}
+
+    def alive() -> bool:
+        return bool(tasks) and not any(task.done() for task in tasks.values())
+
+    host, _ = http_api.split_address(settings.http_address, "--http-address")
+    if not http_api.is_loopback(host):
+        log.warning("local API bound beyond loopback: any pod or node that reaches it can read the role",
+                    extra={"event": "http_not_loopback", "address": settings.http_address})
+    runners = [await http_api.start_site(http_api.build_app(board, alive), settings.http_address, "--http-address")]
+    if settings.metrics_address:
+        runners.append(await http_api.start_site(metrics_http.build_app(registry), settings.metrics_address,
+                                                 "--metrics-address"))
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+
+    log.info("starting", extra={"event": "start", "config": {k: v for k, v in vars(config).items()},
+                                "http_address": settings.http_address,
+                                "metrics_address": settings.metrics_address})
+    exit_code = 0
+    try:
+        tasks.update({
+            "elect": asyncio.create_task(heartbeat.elect(), name="elect"),
+            "watch_lease": asyncio.create_task(heartbeat.watch_lease(), name="watch_lease"),
+            "beat": asyncio.create_task(heartbeat.beat(), name="beat"),
+        })
+        stopper = asyncio.create_task(stop.wait(), name="stop")
+        done, _ = await asyncio.wait([stopper, *tasks.values()], return_when=asyncio.FIRST_COMPLETED)
+        for name, task in tasks.items():
+            if task in done and not task.cancelled() and task.exception() is not None:
+                log.error("task failed; stopping", extra={"event": "task_failed", "task": name},
+                          exc_info=task.exception())
+                exit_code = 1
+        stopper.cancel()
+    finally:
+        await asyncio.shield(_shut_down(heartbeat, tasks, role_files, board, runners, api_client))
+    log.info("stopped", extra={"event": "stop", "exit_code": exit_code})
+    return exit_code
+
+
+async def _shut_down(heartbeat: BeatHeartbeat, tasks: dict[str, asyncio.Task[None]], role_files: RoleFiles | None,
+                     board: StatusBoard, runners: list[Any], api_client: ApiClient) -> None:
+    try:
+        await asyncio.wait_for(_release(heartbeat, tasks.get("elect")), SHUTDOWN_GRACE_S)
+    except TimeoutError:
+        log.error("release did not finish in time; the lease will expire by itself",
+                  extra={"event": "release_timeout"})
+    except Exception:
+        log.exception("release failed", extra={"event": "release_failed"})
+    for task in tasks.values():
+        task.cancel()
+    await asyncio.gather(*tasks.values(), return_exceptions=True)
+    for runner in runners:
+        await runner.cleanup()
+    await api_client.close()
+    if role_files:
+        role_files.stand_down(board.snapshot())
+
+
+async def _release(heartbeat: BeatHeartbeat, elect: asyncio.Task[None] | None) -> None:
+    if elect is not None and not elect.done():
+        heartbeat.elector.close()
+        await heartbeat.shutdown()
+        await elect
+    else:
+        await heartbeat.shutdown()

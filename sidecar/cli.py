@@ -1,0 +1,37 @@
+"""`lease-sidecar` entry point. Configuration errors: one line, exit code 2, no traceback."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+
+from sidecar.config import ConfigError
+from sidecar.settings import build_parser, load_settings
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command != "run":
+        parser.print_help()
+        return 2
+    try:
+        settings, config = load_settings(args)
+        namespace = settings.resolved_namespace()
+        identity = settings.resolved_identity()
+    except ConfigError as error:
+        print(f"lease-sidecar: invalid configuration: {error}", file=sys.stderr)
+        return 2
+    from sidecar.app import run  # heavy imports only once the configuration is known to be good
+
+    try:
+        return asyncio.run(run(settings, namespace, identity, config))
+    except OSError as error:  # e.g. a port in use
+        print(f"lease-sidecar: error: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,174 @@
+"""The async driver: performs the Elector's actions against a backend and feeds back results.
+
+A thin shell: no rule about expiry or hand-over lives here (see election.py). It runs two loops,
+`elect` (read / write / wait) and `watch_lease` (a single-object watch that wakes `elect` on
+every change), plus `beat` for the periodic heartbeat. The seed's BeatHeartbeat verbs
+(try_become_leader, renew_lease, check_leader_health, update_info, shutdown, tick) are kept as
+one-step methods for callers that drive the election by hand.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+from sidecar.clock import Clock
+from sidecar.election import BeatRole, Done, Elector, Read, Wait, Write
+from sidecar.lock import BackendUnavailable, Conflict, DistributedLockBackend, LockError, WatchExpired
+from sidecar.status import StatusBoard
+
+log = logging.getLogger("lease_sidecar.election")
+
+_WATCH_BACKOFF_START_S = 0.1
+_WATCH_BACKOFF_CAP_S = 5.0
+
+
+class BeatHeartbeat:
+    def __init__(self, elector: Elector, backend: DistributedLockBackend, board: StatusBoard,
+                 clock: Clock, on_watch_restart: Callable[[], None] | None = None) -> None:
+        self.elector = elector
+        self.backend = backend
+        self.board = board
+        self.clock = clock
+        self._wake = asyncio.Event()
+        self._on_watch_restart = on_watch_restart or (lambda: None)
+        self._last_role = BeatRole.UNKNOWN
+        self._last_holder: str | None = None
+        self._electing = False
+
+    # ------------------------------------------------------------------ seed verbs
+
+    async def tick(self) -> BeatRole:
+        """One step: whatever the Elector wants next, unless that is to wait. Returns the role."""
+        action = self.elector.next_action(self.clock.now())
+        if isinstance(action, Read | Write):
+            await self._perform(action)
+        return self.role
+
+    async def try_become_leader(self) -> bool:
+        return await self.tick() is BeatRole.LEADER
+
+    async def renew_lease(self) -> bool:
+        return await self.tick() is BeatRole.LEADER
+
+    async def check_leader_health(self) -> bool:
+        """Is some live holder on the lease, as this process judges it?"""
+        await self._perform(Read(self.elector.config.request_timeout))
+        return self.board.snapshot()["holder"] is not None
+
+    def update_info(self) -> None:
+        self.elector.heartbeat()
+        self.board.beat()
+
+    async def shutdown(self) -> None:
+        """Release if leading; standby is published before the release is sent. When `elect` is
+        running it performs the release and returns; otherwise this does it."""
+        self.elector.close()
+        self._wake.set()
+        if not self._electing:
+            await self.elect()
+
+    @property
+    def role(self) -> BeatRole:
+        return self.elector.view(self.clock.now().mono).role
+
+    # ------------------------------------------------------------------ loops
+
+    async def elect(self) -> None:
+        """Runs until closed (see `shutdown`) and the release is done."""
+        self._electing = True
+        try:
+            await self._elect()
+        finally:
+            self._electing = False
+            self._publish()
+
+    async def _elect(self) -> None:
+        while True:
+            action = self.elector.next_action(self.clock.now())
+            self._publish()
+            if isinstance(action, Done):
+                return
+            if isinstance(action, Wait):
+                await self._sleep_until(action.until_mono)
+                continue
+            await self._perform(action)
+            self._publish()
+
+    async def watch_lease(self) -> None:
+        """Feed every observed change to the Elector; re-establish a broken watch with backoff."""
+        backoff = _WATCH_BACKOFF_START_S
+        idle_s = self.elector.config.failover_timeout_s
+        while True:
+            try:
+                async for event in self.backend.watch(idle_s):
+                    self.elector.observe(self.clock.now(), event.current)
+                    self._wake.set()
+                    backoff = _WATCH_BACKOFF_START_S
+                continue  # idle end: re-list so a silently stalled stream cannot linger
+            except WatchExpired:
+                continue
+            except (LockError, OSError) as error:
+                self._on_watch_restart()
+                log.warning("watch broken, retrying", extra={"event": "watch_failed", "error": str(error),
+                                                             "retry_in_s": round(backoff, 3)})
+            await asyncio.sleep(backoff)
+            backoff = min(_WATCH_BACKOFF_CAP_S, backoff * 2)
+
+    async def beat(self) -> None:
+        interval = self.elector.config.heartbeat_interval_s
+        while True:
+            self.update_info()
+            await asyncio.sleep(interval)
+
+    # ------------------------------------------------------------------ plumbing
+
+    async def _sleep_until(self, until_mono: float) -> None:
+        delay = until_mono - self.clock.now().mono
+        if delay <= 0:
+            return
+        self._wake.clear()
+        try:
+            await asyncio.wait_for(self._wake.wait(), delay)
+        except TimeoutError:
+            pass
+
+    async def _perform(self, action: Read | Write) -> None:
+        started = self.clock.now()
+        try:
+            # The backend bounds its own calls; this bound holds even if it forgets.
+            async with asyncio.timeout(action.timeout_s + 0.5):
+                if isinstance(action, Read):
+                    current = await self.backend.get(action.timeout_s)
+                    self.elector.observe(self.clock.now(), current)
+                    return
+                if action.expected_version is None:
+                    stored = await self.backend.create(action.record, action.timeout_s)
+                else:
+                    stored = await self.backend.update(action.record, action.expected_version,
+                                                       action.timeout_s)
+            self.elector.write_succeeded(self.clock.now(), action, started, stored)
+        except Conflict as error:
+            assert isinstance(action, Write)
+            self.elector.write_conflicted(self.clock.now(), action)
+            log.info("lost a write race", extra={"event": f"{action.kind}_conflict", "error": str(error)})
+        except (BackendUnavailable, LockError, TimeoutError, OSError) as error:
+            self.elector.call_failed(self.clock.now(), action)
+            kind = action.kind if isinstance(action, Write) else "read"
+            log.error("API call failed", extra={"event": f"{kind}_failed", "error": str(error) or repr(error)})
+
+    def _publish(self) -> None:
+        snapshot = self.board.refresh()
+        role, holder = BeatRole(snapshot["role"]), snapshot["holder"]
+        if role is not self._last_role:
+            extra = {"event": "role_changed", "from_role": str(self._last_role), "to_role": str(role),
+                     "holder": holder, "term": snapshot["fencing_token"]}
+            if role is not BeatRole.LEADER and self._last_role is BeatRole.LEADER:
+                extra["reason"] = self.elector.last_loss_reason or "released"
+            log.warning("role changed", extra=extra) if self._last_role is BeatRole.LEADER else log.info(
+                "role changed", extra=extra)
+            self._last_role = role
+        elif holder != self._last_holder:
+            log.info("holder changed", extra={"event": "holder_changed", "holder": holder})
+        self._last_holder = holder

@@ -1,0 +1,171 @@
+"""`DistributedLockBackend` over a coordination.k8s.io/v1 Lease, with kubernetes-asyncio.
+
+Raw JSON in and out (no model round-trip), so MicroTime keeps six digits and fields this code
+does not know (labels, other annotations, owner references) survive every update.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import json
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import aiohttp
+from kubernetes_asyncio.client import ApiClient, CoordinationV1Api
+from kubernetes_asyncio.client.exceptions import ApiException
+
+from sidecar.lock import BackendUnavailable, Conflict, LockError, Versioned, WatchEvent, WatchExpired
+from sidecar.record import FENCING_ANNOTATION, LeaseRecord
+
+RequestObserver = Callable[[str, str, float], None]
+"""(verb, result, seconds): for the API request histogram."""
+
+_RAW_CACHE_SIZE = 8
+
+
+class LeaseLockBackend:
+    def __init__(self, api_client: ApiClient, namespace: str, name: str,
+                 observe_request: RequestObserver | None = None) -> None:
+        self.key = f"{namespace}/{name}"
+        self.namespace = namespace
+        self.name = name
+        self._api = CoordinationV1Api(api_client)
+        self._observe = observe_request or (lambda verb, result, seconds: None)
+        self._raw: dict[str, dict[str, Any]] = {}
+
+    # ------------------------------------------------------------------ storage
+
+    async def get(self, timeout_s: float) -> Versioned | None:
+        try:
+            lease = await self._call("get", timeout_s, self._api.read_namespaced_lease,
+                                     self.name, self.namespace)
+        except ApiException as error:
+            if error.status == 404:
+                return None
+            raise _translate(error) from error
+        return self._remember(lease)
+
+    async def create(self, record: LeaseRecord, timeout_s: float) -> Versioned:
+        body = {
+            "apiVersion": "coordination.k8s.io/v1",
+            "kind": "Lease",
+            "metadata": {"name": self.name, "namespace": self.namespace,
+                         "annotations": record.annotations()},
+            "spec": record.to_spec(),
+        }
+        try:
+            lease = await self._call("create", timeout_s, self._api.create_namespaced_lease,
+                                     self.namespace, body)
+        except ApiException as error:
+            raise _translate(error) from error
+        return self._remember(lease)
+
+    async def update(self, record: LeaseRecord, expected_version: str, timeout_s: float) -> Versioned:
+        base = self._raw.get(expected_version) or {"metadata": {"name": self.name, "namespace": self.namespace}}
+        body = copy.deepcopy(base)
+        body.update(apiVersion="coordination.k8s.io/v1", kind="Lease", spec=record.to_spec())
+        metadata = body.setdefault("metadata", {})
+        metadata["resourceVersion"] = expected_version
+        annotations = metadata.get("annotations") or {}
+        annotations.pop(FENCING_ANNOTATION, None)
+        annotations.update(record.annotations())
+        metadata["annotations"] = annotations
+        try:
+            lease = await self._call("update", timeout_s, self._api.replace_namespaced_lease,
+                                     self.name, self.namespace, body)
+        except ApiException as error:
+            if error.status == 404:
+                raise Conflict(f"{self.key} was deleted") from error
+            raise _translate(error) from error
+        return self._remember(lease)
+
+    async def watch(self, idle_timeout_s: float) -> AsyncIterator[WatchEvent]:
+        """The current state first, then each change; ends after `idle_timeout_s` without news."""
+        selector = f"metadata.name={self.name}"
+        listing = await self._call("list", idle_timeout_s, self._api.list_namespaced_lease,
+                                   self.namespace, field_selector=selector)
+        items = listing.get("items") or []
+        yield WatchEvent(self._remember(items[0]) if items else None)
+        version = (listing.get("metadata") or {}).get("resourceVersion")
+        started = time.monotonic()
+        try:
+            response = await self._api.list_namespaced_lease(
+                self.namespace, field_selector=selector, watch=True, resource_version=version,
+                allow_watch_bookmarks=True, timeout_seconds=max(1, int(idle_timeout_s)),
+                _preload_content=False,
+                _request_timeout=aiohttp.ClientTimeout(sock_connect=5, sock_read=idle_timeout_s + 5))
+        except ApiException as error:
+            self._observe("watch", _result(error.status), time.monotonic() - started)
+            raise _translate(error) from error
+        except (aiohttp.ClientError, TimeoutError, OSError) as error:
+            self._observe("watch", "error", time.monotonic() - started)
+            raise BackendUnavailable(f"watch {self.key}: {error!r}") from error
+        self._observe("watch", "ok", time.monotonic() - started)
+        try:
+            async for line in _lines(response):
+                event = json.loads(line)
+                kind, obj = event.get("type"), event.get("object") or {}
+                if kind == "ERROR":
+                    if obj.get("code") == 410:
+                        raise WatchExpired(f"watch {self.key}: {obj.get('message')}")
+                    raise BackendUnavailable(f"watch {self.key}: {obj.get('message')}")
+                if kind in ("ADDED", "MODIFIED"):
+                    yield WatchEvent(self._remember(obj))
+                elif kind == "DELETED":
+                    yield WatchEvent(None)
+        except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as error:
+            raise BackendUnavailable(f"watch {self.key}: {error!r}") from error
+        finally:
+            response.release()
+
+    # ------------------------------------------------------------------ plumbing
+
+    async def _call(self, verb: str, timeout_s: float, method: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        started = time.monotonic()
+        result = "error"
+        try:
+            # Both bounds: aiohttp's for the socket, asyncio's for everything around it (TLS, DNS).
+            async with asyncio.timeout(timeout_s):
+                response = await method(*args, _preload_content=False, _request_timeout=timeout_s, **kwargs)
+                body = await response.read()
+            result = "ok"
+            return json.loads(body)
+        except ApiException as error:
+            result = _result(error.status)
+            raise
+        except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as error:
+            result = "timeout" if isinstance(error, TimeoutError) else "error"
+            raise BackendUnavailable(f"{verb} {self.key}: {error!r}") from error
+        finally:
+            self._observe(verb, result, time.monotonic() - started)
+
+    def _remember(self, lease: dict[str, Any]) -> Versioned:
+        version = str((lease.get("metadata") or {}).get("resourceVersion") or "")
+        self._raw[version] = lease
+        while len(self._raw) > _RAW_CACHE_SIZE:
+            self._raw.pop(next(iter(self._raw)))
+        return Versioned(LeaseRecord.from_lease(lease), version)
+
+
+async def _lines(response: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
+    while True:
+        line = await response.content.readline()
+        if not line:
+            return
+        if line.strip():
+            yield line
+
+
+def _result(status: int | None) -> str:
+    return str(status) if status else "error"
+
+
+def _translate(error: ApiException) -> LockError:
+    if error.status == 409:
+        return Conflict(f"conflict: {error.reason}")
+    if error.status == 410:
+        return WatchExpired(str(error.reason))
+    return BackendUnavailable(f"HTTP {error.status}: {error.reason}")

@@ -1,0 +1,86 @@
+"""Prometheus metrics from an injected registry (never the global one).
+
+Election figures are read from the Elector at scrape time, so a scrape can never show a leader
+that the local API would not: both evaluate the renew deadline at the moment of asking.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, Info
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from sidecar import __version__
+from sidecar.clock import Clock
+from sidecar.election import BeatRole, Elector
+
+_API_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+_COUNTERS = (
+    ("heartbeats_sent", "Heartbeats: periodic refreshes of the published status and role files."),
+    ("leader_elections_won", "Leadership terms this candidate started."),
+    ("leader_elections_lost", "Acquisition attempts that lost a race, plus terms lost involuntarily."),
+    ("lease_renewals", "Successful renewals of a held lease."),
+    ("lease_renewal_failures", "Renewal attempts that failed (error, timeout or conflict)."),
+    ("failovers_detected", "Times this standby found another holder's lease expired or released."),
+)
+
+
+class _ElectionCollector(Collector):
+    def __init__(self, elector: Elector, clock: Clock, namespace: str, name: str) -> None:
+        self._elector = elector
+        self._clock = clock
+        self._labels = [namespace, name]
+
+    def collect(self) -> Iterator[Metric]:
+        stats = self._elector.stats
+        for field_name, help_text in _COUNTERS:
+            family = CounterMetricFamily(f"lease_sidecar_{field_name}", help_text, labels=["namespace", "name"])
+            family.add_metric(self._labels, getattr(stats, field_name))
+            yield family
+        now = self._clock.now()
+        view = self._elector.view(now.mono)
+        leading = view.role is BeatRole.LEADER
+
+        def gauge(metric: str, help_text: str, value: float) -> GaugeMetricFamily:
+            family = GaugeMetricFamily(metric, help_text, labels=["namespace", "name"])
+            family.add_metric(self._labels, value)
+            return family
+
+        yield gauge("lease_sidecar_is_leader", "1 if this candidate leads now, else 0.", 1 if leading else 0)
+        yield gauge("lease_sidecar_fencing_token", "Fencing token of the current term; 0 when not leader.",
+                    view.fencing_token or 0)
+        started = view.term_started
+        yield gauge("lease_sidecar_leader_since_seconds", "Seconds since this term began; 0 when not leader.",
+                    now.mono - started.mono if leading and started else 0)
+        yield gauge("lease_sidecar_lease_valid_seconds",
+                    "Seconds left before this leader must step down unless it renews; 0 when not leader.",
+                    max(0.0, view.valid_until_mono - now.mono) if leading and view.valid_until_mono else 0)
+        master = GaugeMetricFamily("leader_election_master_status",
+                                   "client-go compatible: 1 if this candidate is the leader.", labels=["name"])
+        master.add_metric([self._labels[1]], 1 if leading else 0)
+        yield master
+
+
+class ElectionMetrics:
+    def __init__(self, registry: CollectorRegistry, elector: Elector, clock: Clock,
+                 namespace: str, name: str, identity: str) -> None:
+        self.registry = registry
+        self._labels = {"namespace": namespace, "name": name}
+        self.api_duration = Histogram(
+            "lease_sidecar_api_request_duration_seconds", "Kubernetes API requests for the Lease.",
+            ["namespace", "name", "verb", "result"], buckets=_API_BUCKETS_S, registry=registry)
+        self.watch_restarts = Counter(
+            "lease_sidecar_watch_restarts", "Times the Lease watch broke and was re-established.",
+            ["namespace", "name"], registry=registry)
+        Info("lease_sidecar", "Build and identity of this sidecar.", registry=registry).info(
+            {"version": __version__, "identity": identity, "namespace": namespace, "lease": name})
+        registry.register(_ElectionCollector(elector, clock, namespace, name))
+
+    def observe_request(self, verb: str, result: str, seconds: float) -> None:
+        self.api_duration.labels(verb=verb, result=result, **self._labels).observe(seconds)
+
+    def count_watch_restart(self) -> None:
+        self.watch_restarts.labels(**self._labels).inc()

@@ -1,0 +1,108 @@
+"""The Lease record as client-go writes it, and its MicroTime format.
+
+Interop contract: `holderIdentity`, `leaseDurationSeconds`, `acquireTime`, `renewTime` (MicroTime:
+UTC, exactly six fractional digits, `Z`), `leaseTransitions`. A release is an empty holder with
+`leaseDurationSeconds: 1`. The fencing token lives in an annotation that client-go preserves.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from typing import Any
+
+FENCING_ANNOTATION = "lease-sidecar.io/fencing-token"
+RELEASED_DURATION_S = 1  # what client-go writes on release
+
+_MICROTIME = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d{1,9}))?(Z|[+-]\d\d:\d\d)$")
+
+
+def format_microtime(moment: datetime) -> str:
+    """RFC 3339 in UTC with exactly six fractional digits, as metav1.MicroTime marshals."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def parse_microtime(text: object) -> datetime | None:
+    """Lenient: any RFC 3339 form (0-9 fractional digits, Z or offset); None if unparseable."""
+    if not isinstance(text, str):
+        return None
+    match = _MICROTIME.match(text)
+    if not match:
+        return None
+    base, fraction, zone = match.groups()
+    micros = (fraction or "0")[:6].ljust(6, "0")
+    try:
+        return datetime.fromisoformat(f"{base}.{micros}{'+00:00' if zone == 'Z' else zone}").astimezone(UTC)
+    except ValueError:
+        return None
+
+
+@dataclass(frozen=True)
+class LeaseRecord:
+    """What the election reads and writes. Times are informational: expiry is never judged by them."""
+
+    holder: str = ""
+    """`holderIdentity`; empty means free (released or never held)."""
+    duration_s: int = 0
+    """`leaseDurationSeconds`: how long, after a reader *observes* a change, the holder keeps it."""
+    acquire_time: datetime | None = None
+    renew_time: datetime | None = None
+    transitions: int = 0
+    """`leaseTransitions`: incremented whenever the holder changes, as client-go does."""
+    fencing_token: int | None = None
+    """Our annotation; client-go leaves it alone, so it only ever grows."""
+
+    @property
+    def is_free(self) -> bool:
+        return not self.holder
+
+    def same_observation(self, other: LeaseRecord | None) -> bool:
+        """client-go's rule: any change of the spec restarts the observed-expiry clock."""
+        return other is not None and self == other
+
+    def with_token(self, token: int) -> LeaseRecord:
+        return replace(self, fencing_token=token)
+
+    # ------------------------------------------------------------ wire format
+
+    @classmethod
+    def from_lease(cls, lease: dict[str, Any]) -> LeaseRecord:
+        """Tolerates odd contents: missing fields, wrong types, negative numbers."""
+        spec = lease.get("spec") or {}
+        annotations = (lease.get("metadata") or {}).get("annotations") or {}
+        return cls(
+            holder=spec.get("holderIdentity") if isinstance(spec.get("holderIdentity"), str) else "",
+            duration_s=_non_negative_int(spec.get("leaseDurationSeconds")),
+            acquire_time=parse_microtime(spec.get("acquireTime")),
+            renew_time=parse_microtime(spec.get("renewTime")),
+            transitions=_non_negative_int(spec.get("leaseTransitions")),
+            fencing_token=_optional_int(annotations.get(FENCING_ANNOTATION)),
+        )
+
+    def to_spec(self) -> dict[str, Any]:
+        spec: dict[str, Any] = {
+            "holderIdentity": self.holder,
+            "leaseDurationSeconds": self.duration_s,
+            "leaseTransitions": self.transitions,
+        }
+        if self.acquire_time is not None:
+            spec["acquireTime"] = format_microtime(self.acquire_time)
+        if self.renew_time is not None:
+            spec["renewTime"] = format_microtime(self.renew_time)
+        return spec
+
+    def annotations(self) -> dict[str, str]:
+        return {} if self.fencing_token is None else {FENCING_ANNOTATION: str(self.fencing_token)}
+
+
+def _non_negative_int(value: object) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+
+
+def _optional_int(value: object) -> int | None:
+    try:
+        number = int(str(value))
+    except ValueError:
+        return None
+    return number if number >= 0 else None

@@ -1,0 +1,126 @@
+"""`lease-sidecar run` settings: flags, each also `LEASE_SIDECAR_<FLAG>` (pydantic-settings).
+
+Precedence: flag, then environment, then default. Errors are one line naming the flag.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+from pathlib import Path
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from sidecar import __version__
+from sidecar.config import ConfigError, ElectionConfig, parse_duration_s
+
+IN_CLUSTER_DIR = Path(os.environ.get("LEASE_SIDECAR_IN_CLUSTER_DIR", "/var/run/secrets/kubernetes.io/serviceaccount"))
+"""Where a pod finds its ServiceAccount token, CA and namespace (overridable for tests)."""
+
+_DURATIONS = ("leader_lease_ttl", "leader_renewal_interval", "leader_renew_deadline", "heartbeat_interval",
+              "heartbeat_ttl", "failover_timeout", "api_timeout")
+
+
+class RunSettings(BaseSettings):
+    """Every field is a flag `--field-name` and an env var `LEASE_SIDECAR_FIELD_NAME`."""
+
+    model_config = SettingsConfigDict(env_prefix="LEASE_SIDECAR_", extra="ignore", frozen=True)
+
+    lease_name: str = Field(default="", description="Name of the coordination.k8s.io/v1 Lease (required).")
+    namespace: str = Field(default="", description="Namespace of the Lease. Default: POD_NAMESPACE, then the "
+                                                   "in-cluster namespace file.")
+    identity: str = Field(default="", description="holderIdentity of this candidate; unique per replica. "
+                                                  "Default: POD_NAME, then the hostname.")
+    kubeconfig: str = Field(default="", description="Kubeconfig path. Default: in-cluster when "
+                                                    "KUBERNETES_SERVICE_HOST is set, then KUBECONFIG or "
+                                                    "~/.kube/config.")
+    http_address: str = Field(default="127.0.0.1:4040", description="Local API address (keep it on loopback).")
+    metrics_address: str = Field(default="0.0.0.0:9464", description="Prometheus /metrics address; empty "
+                                                                     "disables it.")
+    role_dir: str = Field(default="/var/run/lease-sidecar", description="Directory for `role` and "
+                                                                         "`status.json`; empty disables them.")
+    leader_lease_ttl: float = Field(default=30.0, description="Lease duration (whole seconds).")
+    leader_renewal_interval: float = Field(default=10.0, description="Renew this often while leading.")
+    leader_renew_deadline: float | None = Field(default=None, description="Step down this long after the "
+                                                "start of the last successful renewal. Default: midway "
+                                                "between renewal interval and TTL.")
+    heartbeat_interval: float = Field(default=5.0, description="Refresh role files and status this often.")
+    heartbeat_ttl: float = Field(default=15.0, description="Consumers distrust role files older than this.")
+    failover_timeout: float = Field(default=45.0, description="Longest a standby trusts its watch without a "
+                                                              "fresh read.")
+    api_timeout: float | None = Field(default=None, description="Timeout of each API call. Default: "
+                                      "min(5s, renew deadline - renewal interval).")
+    log_level: str = Field(default="info", description="debug, info, warning or error.")
+
+    @field_validator(*_DURATIONS, mode="before")
+    @classmethod
+    def _duration(cls, value: object, info: object) -> float | None:
+        if value is None or value == "":
+            return None
+        name = getattr(info, "field_name", "duration")
+        return parse_duration_s(value, "--" + name.replace("_", "-"))
+
+    @field_validator("log_level")
+    @classmethod
+    def _level(cls, value: str) -> str:
+        if value.lower() not in ("debug", "info", "warning", "error"):
+            raise ValueError(f"must be debug, info, warning or error; got {value!r}")
+        return value.lower()
+
+    def election_config(self) -> ElectionConfig:
+        return ElectionConfig(
+            lease_ttl_s=self.leader_lease_ttl, renewal_interval_s=self.leader_renewal_interval,
+            renew_deadline_s=self.leader_renew_deadline, heartbeat_interval_s=self.heartbeat_interval,
+            heartbeat_ttl_s=self.heartbeat_ttl, failover_timeout_s=self.failover_timeout,
+            request_timeout_s=self.api_timeout)
+
+    def resolved_namespace(self) -> str:
+        if self.namespace:
+            return self.namespace
+        if os.environ.get("POD_NAMESPACE"):
+            return os.environ["POD_NAMESPACE"]
+        try:
+            return (IN_CLUSTER_DIR / "namespace").read_text().strip()
+        except OSError:
+            raise ConfigError("--namespace", "not set, and neither POD_NAMESPACE nor the in-cluster "
+                                             "namespace file is available") from None
+
+    def resolved_identity(self) -> str:
+        return self.identity or os.environ.get("POD_NAME") or socket.gethostname()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lease-sidecar", description="Leader election for any pod, over a "
+                                     "coordination.k8s.io/v1 Lease. The app asks GET http://127.0.0.1:4040/leader.")
+    parser.add_argument("--version", action="version", version=f"lease-sidecar {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    run = commands.add_parser("run", help="take part in the election and publish the role",
+                              description="Durations take seconds (4, 0.5) or 500ms / 5s / 1m. Each flag is "
+                                          "also an environment variable LEASE_SIDECAR_<FLAG>.")
+    for name, field in RunSettings.model_fields.items():
+        default = field.default if field.default not in (None, "") else "unset"
+        run.add_argument("--" + name.replace("_", "-"), dest=name, default=None,
+                         help=f"{field.description} (default: {default}; env LEASE_SIDECAR_{name.upper()})")
+    return parser
+
+
+def load_settings(args: argparse.Namespace) -> tuple[RunSettings, ElectionConfig]:
+    """Raises ConfigError with a one-line message naming the flag."""
+    given = {name: value for name, value in vars(args).items()
+             if name in RunSettings.model_fields and value is not None}
+    try:
+        settings = RunSettings(**given)
+    except ValidationError as error:
+        first = error.errors()[0]
+        flag = "--" + str(first["loc"][0]).replace("_", "-") if first["loc"] else "settings"
+        message = str(first["msg"]).removeprefix("Value error, ")
+        if message.startswith(flag + ": "):
+            message = message[len(flag) + 2:]
+        raise ConfigError(flag, message) from None
+    if not settings.lease_name:
+        raise ConfigError("--lease-name", "required (or LEASE_SIDECAR_LEASE_NAME)")
+    if len(settings.lease_name) > 253:
+        raise ConfigError("--lease-name", "must be at most 253 characters")
+    return settings, settings.election_config()
