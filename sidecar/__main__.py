@@ -1,4 +1,5 @@
-from sidecar.cli import main
 import sys
+
+from sidecar.cli import main
 
 sys.exit(main())

@@ -83,7 +83,8 @@ async def run(settings: RunSettings, namespace: str, identity: str, config: Any)
                     extra={"event": "http_not_loopback", "address": settings.http_address})
     runners = [await http_api.start_site(http_api.build_app(board, alive), settings.http_address, "--http-address")]
     if settings.metrics_address:
-        runners.append(await http_api.start_site(metrics_http.build_app(registry), settings.metrics_address,
+        runners.append(await http_api.start_site(metrics_http.build_app(registry, alive, lambda: board.snapshot()["observed_at"] is not None),
+            settings.metrics_address,
                                                  "--metrics-address"))
 
     stop = asyncio.Event()

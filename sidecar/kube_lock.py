@@ -103,6 +103,11 @@ class LeaseLockBackend:
         except (aiohttp.ClientError, TimeoutError, OSError) as error:
             self._observe("watch", "error", time.monotonic() - started)
             raise BackendUnavailable(f"watch {self.key}: {error!r}") from error
+        if not 200 <= response.status <= 299:
+            body = await response.read()
+            response.release()
+            self._observe("watch", _result(response.status), time.monotonic() - started)
+            raise _translate(ApiException(status=response.status, reason=_reason(body)))
         self._observe("watch", "ok", time.monotonic() - started)
         try:
             async for line in _lines(response):
@@ -131,6 +136,9 @@ class LeaseLockBackend:
             async with asyncio.timeout(timeout_s):
                 response = await method(*args, _preload_content=False, _request_timeout=timeout_s, **kwargs)
                 body = await response.read()
+            # Without preloading, kubernetes-asyncio leaves the status check to the caller.
+            if not 200 <= response.status <= 299:
+                raise ApiException(status=response.status, reason=_reason(body))
             result = "ok"
             return json.loads(body)
         except ApiException as error:
@@ -157,6 +165,13 @@ async def _lines(response: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
             return
         if line.strip():
             yield line
+
+
+def _reason(body: bytes) -> str:
+    try:
+        return str(json.loads(body).get("message", ""))[:300]
+    except (ValueError, AttributeError):
+        return body[:300].decode(errors="replace")
 
 
 def _result(status: int | None) -> str:

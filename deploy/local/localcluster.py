@@ -332,6 +332,8 @@ def up(paths: Paths = Paths()) -> Paths:
         f"--service-account-key-file={pki / 'sa.pub'}",
         f"--service-account-signing-key-file={pki / 'sa.key'}",
         "--service-cluster-ip-range=10.96.0.0/16",
+        # No kubelets or Services here; a loopback advertise address needs no endpoint reconciling.
+        "--endpoint-reconciler-type=none",
         f"--audit-policy-file={paths.root / 'audit-policy.yaml'}",
         f"--audit-log-path={paths.audit_log}", "--audit-log-mode=batch",
         "--audit-log-batch-max-wait=1s",

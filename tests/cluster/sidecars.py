@@ -1,0 +1,128 @@
+"""Real `lease-sidecar run` processes for cluster tests and the demo."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+FAST = ("--leader-lease-ttl", "4", "--leader-renewal-interval", "1", "--heartbeat-interval", "1",
+        "--heartbeat-ttl", "3", "--failover-timeout", "10")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class Sidecar:
+    identity: str
+    process: subprocess.Popen[bytes]
+    http_port: int
+    metrics_port: int
+    role_dir: Path
+    log_path: Path
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    def get(self, path: str, timeout: float = 2.0) -> tuple[int, Any]:
+        try:
+            with urllib.request.urlopen(self.url + path, timeout=timeout) as resp:
+                return resp.status, json.loads(resp.read())
+        except urllib.error.HTTPError as error:
+            return error.code, json.loads(error.read() or b"null")
+
+    def leader(self) -> dict[str, Any] | None:
+        try:
+            return self.get("/leader")[1]
+        except (OSError, ValueError):
+            return None
+
+    def metrics_text(self) -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=2) as resp:
+            return resp.read().decode()
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def kill(self) -> None:
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(10)
+
+    def terminate(self, timeout: float = 15) -> int:
+        self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout)
+
+    def logs(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+def start(identity: str, lease: str, namespace: str, workdir: Path, *extra_args: str,
+          kubeconfig: Path | None = None, env: dict[str, str] | None = None, timing: tuple[str, ...] = FAST,
+          wait_ready: bool = True) -> Sidecar:
+    http_port, metrics_port = free_port(), free_port()
+    role_dir = workdir / identity / "role"
+    log_path = workdir / identity / "sidecar.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    argv = [sys.executable, "-m", "sidecar", "run", "--lease-name", lease, "--namespace", namespace,
+            "--identity", identity, "--http-address", f"127.0.0.1:{http_port}",
+            "--metrics-address", f"127.0.0.1:{metrics_port}", "--role-dir", str(role_dir), *timing, *extra_args]
+    if kubeconfig is not None:
+        argv += ["--kubeconfig", str(kubeconfig)]
+    process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=open(log_path, "wb"),
+                               env=dict(os.environ, **(env or {})))
+    sidecar = Sidecar(identity, process, http_port, metrics_port, role_dir, log_path)
+    if wait_ready:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if not sidecar.alive():
+                raise AssertionError(f"{identity} exited {process.returncode}: {sidecar.logs()[-2000:]}")
+            try:
+                if sidecar.get("/readyz", timeout=0.5)[0] == 200:
+                    return sidecar
+            except OSError:
+                pass
+            time.sleep(0.05)
+        raise AssertionError(f"{identity} not ready: {sidecar.logs()[-2000:]}")
+    return sidecar
+
+
+def leaders(sidecars: list[Sidecar]) -> list[str]:
+    result = []
+    for sidecar in sidecars:
+        if sidecar.alive():
+            body = sidecar.leader()
+            if body and body["is_leader"]:
+                result.append(sidecar.identity)
+    return result
+
+
+def wait_for(predicate: Any, timeout: float, interval: float = 0.01) -> float:
+    """Polls until predicate() is truthy; returns the seconds waited (monotonic)."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        if predicate():
+            return time.monotonic() - started
+        time.sleep(interval)
+    raise AssertionError(f"condition not met within {timeout}s")
+
+
+def stop_all(sidecars: list[Sidecar]) -> None:
+    for sidecar in sidecars:
+        if sidecar.alive():
+            sidecar.process.kill()
+            sidecar.process.wait(10)
