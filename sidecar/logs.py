@@ -38,3 +38,6 @@ def configure(level: str, context: dict[str, Any]) -> None:
     root.handlers[:] = [handler]
     root.setLevel(logging.WARNING)
     logging.getLogger("lease_sidecar").setLevel(level.upper())
+    # aiohttp.server logs a traceback for every malformed request it refuses (with a 400):
+    # garbage from the network must not flood the log. Handler errors are logged by our middleware.
+    logging.getLogger("aiohttp.server").setLevel(logging.CRITICAL)
