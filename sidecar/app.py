@@ -81,11 +81,14 @@ async def run(settings: RunSettings, namespace: str, identity: str, config: Any)
     if not http_api.is_loopback(host):
         log.warning("local API bound beyond loopback: any pod or node that reaches it can read the role",
                     extra={"event": "http_not_loopback", "address": settings.http_address})
-    runners = [await http_api.start_site(http_api.build_app(board, alive), settings.http_address, "--http-address")]
+    def ready() -> bool:
+        return board.snapshot()["observed_at"] is not None
+
+    local_app = http_api.build_app(board, alive)
+    runners = [await http_api.start_site(local_app, settings.http_address, "--http-address")]
     if settings.metrics_address:
-        runners.append(await http_api.start_site(metrics_http.build_app(registry, alive, lambda: board.snapshot()["observed_at"] is not None),
-            settings.metrics_address,
-                                                 "--metrics-address"))
+        metrics_app = metrics_http.build_app(registry, alive, ready)
+        runners.append(await http_api.start_site(metrics_app, settings.metrics_address, "--metrics-address"))
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -72,8 +72,8 @@ class ElectionConfig:
                      "failover_timeout_s"):
             parse_duration_s(getattr(self, name), FLAG_NAMES[name])
         if self.lease_ttl_s != int(self.lease_ttl_s):
-            raise ConfigError(FLAG_NAMES["lease_ttl_s"],
-                              f"must be whole seconds (leaseDurationSeconds is an integer); got {_fmt(self.lease_ttl_s)}")
+            raise ConfigError(FLAG_NAMES["lease_ttl_s"], "must be whole seconds (leaseDurationSeconds is an "
+                                                         f"integer); got {_fmt(self.lease_ttl_s)}")
         if self.heartbeat_ttl_s <= self.heartbeat_interval_s:
             raise ConfigError(FLAG_NAMES["heartbeat_ttl_s"],
                               f"must be greater than --heartbeat-interval ({_fmt(self.heartbeat_ttl_s)} <= "

@@ -384,7 +384,7 @@ def status(paths: Paths = Paths()) -> bool:
     healthy = True
     for name in ("etcd", "kube-apiserver"):
         pid = running_pid(paths, name)
-        print(f"{name}: {'running (pid %d)' % pid if pid else 'stopped'}")
+        print(f"{name}: {f'running (pid {pid})' if pid else 'stopped'}")
         healthy = healthy and pid is not None
     ready = is_ready(paths)
     print(f"readyz: {'ok' if ready else 'not ready'}")

@@ -99,7 +99,7 @@ def test_long_poll_and_event_stream_deliver_a_hand_over_fast(pair: list[sidecars
         since = before["version"]
         # The release shows first (holder gone), then the take-over: each is its own version.
         for _ in range(5):
-            status, body = standby.get(f"/leader?wait=20&since={since}", timeout=25)
+            _, body = standby.get(f"/leader?wait=20&since={since}", timeout=25)
             polled.update(body=body, at=time.time())
             if body["is_leader"]:
                 return
