@@ -75,6 +75,7 @@ class ElectionMetrics:
         self.watch_restarts = Counter(
             "lease_sidecar_watch_restarts", "Times the Lease watch broke and was re-established.",
             ["namespace", "name"], registry=registry)
+        self.watch_restarts.labels(**self._labels)  # exposed as 0 from the start, so rate() works
         Info("lease_sidecar", "Build and identity of this sidecar.", registry=registry).info(
             {"version": __version__, "identity": identity, "namespace": namespace, "lease": name})
         registry.register(_ElectionCollector(elector, clock, namespace, name))
