@@ -121,6 +121,7 @@ class Elector:
         self._failover_counted_for: str | None = None
         self._closing = False
         self._done = False
+        self._echo_pending: str | None = None
         self.last_loss_reason: str | None = None
 
     # ------------------------------------------------------------------ queries
@@ -169,7 +170,8 @@ class Elector:
         if now.mono < self._retry_at_mono:
             return Wait(self._retry_at_mono if self._term is None else min(self._retry_at_mono, self.valid_until_mono))
         if self._needs_read:
-            return Read(timeout)
+            # A leader's read is capped like its renewal: nothing may hold the loop past the deadline.
+            return Read(timeout if self._term is None else min(timeout, self.valid_until_mono - now.mono))
         if self._term is not None:
             due = self._term.last_renew_started_mono + self.config.renewal_interval_s
             if now.mono < due:
@@ -221,8 +223,19 @@ class Elector:
 
     # ------------------------------------------------------------------ observations
 
-    def observe(self, now: Moment, current: Versioned | None) -> None:
-        """A read or watch result: the stored record (None: the Lease does not exist)."""
+    def observe(self, now: Moment, current: Versioned | None, *, from_stream: bool = False) -> None:
+        """A read or watch result: the stored record (None: the Lease does not exist).
+
+        `from_stream`: a watch event after the stream's initial state. Watch events arrive in
+        order, so until the echo of our own last write shows up, any event predates that write
+        and is ignored; comparing resourceVersions, which are opaque, is never needed.
+        """
+        if from_stream and self._echo_pending is not None:
+            if current is None or current.version != self._echo_pending:
+                return
+            self._echo_pending = None
+        elif not from_stream:
+            self._echo_pending = None
         self._last_observation = now
         self._needs_read = False
         changed = not self._observed_ever or (
@@ -242,9 +255,10 @@ class Elector:
 
     def write_succeeded(self, now: Moment, action: Write, started: Moment, stored: Versioned) -> None:
         self._clear_failures()
+        self._echo_pending = stored.version
         if action.kind == "release":
             self._done = True
-            self.observe(now, stored)
+            self._observe_own_write(now, stored)
             return
         if self._closing:
             # Shutdown began while this write was in flight; it still must be undone.
@@ -257,7 +271,12 @@ class Elector:
         elif self._term is not None:
             self._term = replace(self._term, last_renew_started_mono=started.mono)
             self.stats.lease_renewals += 1
+        self._observe_own_write(now, stored)
+
+    def _observe_own_write(self, now: Moment, stored: Versioned) -> None:
+        pending = stored.version
         self.observe(now, stored)
+        self._echo_pending = pending
 
     def write_conflicted(self, now: Moment, action: Write) -> None:
         """Someone else wrote first: never overwrite, re-read and decide again."""

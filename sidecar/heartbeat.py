@@ -36,6 +36,8 @@ class BeatHeartbeat:
         self._last_role = BeatRole.UNKNOWN
         self._last_holder: str | None = None
         self._electing = False
+        self._deadline_timer: asyncio.TimerHandle | None = None
+        self._deadline_armed_for: float | None = None
 
     # ------------------------------------------------------------------ seed verbs
 
@@ -102,11 +104,14 @@ class BeatHeartbeat:
         idle_s = self.elector.config.failover_timeout_s
         while True:
             try:
+                first = True
                 async for event in self.backend.watch(idle_s):
-                    self.elector.observe(self.clock.now(), event.current)
+                    self.elector.observe(self.clock.now(), event.current, from_stream=not first)
                     self._wake.set()
-                    backoff = _WATCH_BACKOFF_START_S
-                continue  # idle end: re-list so a silently stalled stream cannot linger
+                    if not first:
+                        backoff = _WATCH_BACKOFF_START_S  # healthy past the initial list
+                    first = False
+                continue  # the stream ended quietly: list and watch again
             except WatchExpired:
                 continue
             except (LockError, OSError) as error:
@@ -123,6 +128,27 @@ class BeatHeartbeat:
             await asyncio.sleep(interval)
 
     # ------------------------------------------------------------------ plumbing
+
+    def _arm_deadline_timer(self) -> None:
+        """Publish at the renew deadline whatever the loops are doing, so the role file and the
+        event streams flip to standby on time even while a call is still in flight."""
+        now = self.clock.now().mono
+        deadline = self.elector.valid_until_mono if self.elector.is_leader(now) else None
+        if deadline == self._deadline_armed_for:
+            return
+        if self._deadline_timer is not None:
+            self._deadline_timer.cancel()
+            self._deadline_timer = None
+        self._deadline_armed_for = deadline
+        if deadline is not None:
+            self._deadline_timer = asyncio.get_running_loop().call_later(max(0.0, deadline - now),
+                                                                         self._on_deadline)
+
+    def _on_deadline(self) -> None:
+        # asyncio may fire a timer a hair early; forgetting the arming makes _publish re-arm if so.
+        self._deadline_timer = None
+        self._deadline_armed_for = None
+        self._publish()
 
     async def _sleep_until(self, until_mono: float) -> None:
         delay = until_mono - self.clock.now().mono
@@ -160,6 +186,7 @@ class BeatHeartbeat:
 
     def _publish(self) -> None:
         snapshot = self.board.refresh()
+        self._arm_deadline_timer()
         role, holder = BeatRole(snapshot["role"]), snapshot["holder"]
         if role is not self._last_role:
             extra = {"event": "role_changed", "from_role": str(self._last_role), "to_role": str(role),

@@ -83,25 +83,53 @@ class LeaseLockBackend:
         return self._remember(lease)
 
     async def watch(self, idle_timeout_s: float) -> AsyncIterator[WatchEvent]:
-        """The current state first, then each change; ends after `idle_timeout_s` without news."""
+        """The current state (one list), then each change, for as long as the stream is healthy.
+
+        Each watch request asks the server to end it after `idle_timeout_s`; it is then resumed
+        from the last version seen (events and bookmarks), so a quiet standby costs one request
+        per `idle_timeout_s`. A socket silent for longer than that is treated as broken.
+        """
         selector = f"metadata.name={self.name}"
         listing = await self._call("list", idle_timeout_s, self._api.list_namespaced_lease,
                                    self.namespace, field_selector=selector)
         items = listing.get("items") or []
         yield WatchEvent(self._remember(items[0]) if items else None)
         version = (listing.get("metadata") or {}).get("resourceVersion")
+        while True:
+            response = await self._open_watch(selector, version, idle_timeout_s)
+            try:
+                async for line in _lines(response):
+                    event = json.loads(line)
+                    kind, obj = event.get("type"), event.get("object") or {}
+                    if kind == "ERROR":
+                        if obj.get("code") == 410:
+                            raise WatchExpired(f"watch {self.key}: {obj.get('message')}")
+                        raise BackendUnavailable(f"watch {self.key}: {obj.get('message')}")
+                    version = (obj.get("metadata") or {}).get("resourceVersion") or version
+                    if kind in ("ADDED", "MODIFIED"):
+                        yield WatchEvent(self._remember(obj))
+                    elif kind == "DELETED":
+                        yield WatchEvent(None)
+            except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as error:
+                raise BackendUnavailable(f"watch {self.key}: {error!r}") from error
+            finally:
+                response.release()
+
+    async def _open_watch(self, selector: str, version: str | None, idle_timeout_s: float) -> aiohttp.ClientResponse:
         started = time.monotonic()
         try:
-            response = await self._api.list_namespaced_lease(
-                self.namespace, field_selector=selector, watch=True, resource_version=version,
-                allow_watch_bookmarks=True, timeout_seconds=max(1, int(idle_timeout_s)),
-                _preload_content=False,
-                _request_timeout=aiohttp.ClientTimeout(sock_connect=5, sock_read=idle_timeout_s + 5))
+            async with asyncio.timeout(max(1.0, idle_timeout_s)):
+                response = await self._api.list_namespaced_lease(
+                    self.namespace, field_selector=selector, watch=True, resource_version=version,
+                    allow_watch_bookmarks=True, timeout_seconds=max(1, int(idle_timeout_s)),
+                    _preload_content=False,
+                    _request_timeout=aiohttp.ClientTimeout(sock_connect=5, sock_read=idle_timeout_s + 5))
         except ApiException as error:
             self._observe("watch", _result(error.status), time.monotonic() - started)
             raise _translate(error) from error
         except (aiohttp.ClientError, TimeoutError, OSError) as error:
-            self._observe("watch", "error", time.monotonic() - started)
+            self._observe("watch", "timeout" if isinstance(error, TimeoutError) else "error",
+                          time.monotonic() - started)
             raise BackendUnavailable(f"watch {self.key}: {error!r}") from error
         if not 200 <= response.status <= 299:
             body = await response.read()
@@ -109,22 +137,7 @@ class LeaseLockBackend:
             self._observe("watch", _result(response.status), time.monotonic() - started)
             raise _translate(ApiException(status=response.status, reason=_reason(body)))
         self._observe("watch", "ok", time.monotonic() - started)
-        try:
-            async for line in _lines(response):
-                event = json.loads(line)
-                kind, obj = event.get("type"), event.get("object") or {}
-                if kind == "ERROR":
-                    if obj.get("code") == 410:
-                        raise WatchExpired(f"watch {self.key}: {obj.get('message')}")
-                    raise BackendUnavailable(f"watch {self.key}: {obj.get('message')}")
-                if kind in ("ADDED", "MODIFIED"):
-                    yield WatchEvent(self._remember(obj))
-                elif kind == "DELETED":
-                    yield WatchEvent(None)
-        except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as error:
-            raise BackendUnavailable(f"watch {self.key}: {error!r}") from error
-        finally:
-            response.release()
+        return response
 
     # ------------------------------------------------------------------ plumbing
 

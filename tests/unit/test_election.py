@@ -227,3 +227,24 @@ def test_a_write_that_landed_after_a_timeout_is_picked_up_as_a_new_term() -> Non
     again = elector.next_action(at(1.2))
     assert isinstance(again, Write) and again.kind == "acquire" and again.record.fencing_token == 2
     assert again.record.transitions == 0  # same holder: client-go counts no transition
+
+
+def test_stream_events_older_than_our_own_write_are_ignored() -> None:
+    store, elector = Store(), Elector("a", CONFIG)
+    store.put(LeaseRecord("", 1, EPOCH, EPOCH, 0, 1))
+    stale = store.current
+    store.put(LeaseRecord("b", 10, EPOCH, EPOCH, 1, 2))
+    elector.observe(at(0), Versioned(LeaseRecord("", 1, EPOCH, EPOCH, 2, 3), "x"))  # a fresh read (fiction)
+    store.current = Versioned(LeaseRecord("", 1, EPOCH, EPOCH, 2, 3), "x")
+    action = elector.next_action(at(0))
+    assert isinstance(action, Write)
+    store.apply(elector, action, at(0), at(0))
+    assert elector.view(0).role is BeatRole.LEADER
+    # The watch, lagging, now delivers events from before our write: they change nothing.
+    elector.observe(at(0.1), stale, from_stream=True)
+    elector.observe(at(0.1), Versioned(LeaseRecord("b", 10), "y"), from_stream=True)
+    assert elector.view(0.1).role is BeatRole.LEADER
+    # Our echo arrives; from then on, stream events count again.
+    elector.observe(at(0.2), store.current, from_stream=True)
+    elector.observe(at(0.3), Versioned(LeaseRecord("intruder", 10), "z"), from_stream=True)
+    assert elector.view(0.3).role is BeatRole.STANDBY
