@@ -73,7 +73,8 @@ class Sidecar:
 
 def start(identity: str, lease: str, namespace: str, workdir: Path, *extra_args: str,
           kubeconfig: Path | None = None, env: dict[str, str] | None = None, timing: tuple[str, ...] = FAST,
-          wait_ready: bool = True) -> Sidecar:
+          wait_ready: bool = True, drop_env: tuple[str, ...] = ()) -> Sidecar:
+    """`env` is added to this process's environment, after removing the variables named in `drop_env`."""
     http_port, metrics_port = free_port(), free_port()
     role_dir = workdir / identity / "role"
     log_path = workdir / identity / "sidecar.log"
@@ -84,7 +85,7 @@ def start(identity: str, lease: str, namespace: str, workdir: Path, *extra_args:
     if kubeconfig is not None:
         argv += ["--kubeconfig", str(kubeconfig)]
     process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=open(log_path, "wb"),
-                               env=dict(os.environ, **(env or {})))
+                               env={**{k: v for k, v in os.environ.items() if k not in drop_env}, **(env or {})})
     sidecar = Sidecar(identity, process, http_port, metrics_port, role_dir, log_path)
     if wait_ready:
         deadline = time.monotonic() + 20
