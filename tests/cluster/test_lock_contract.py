@@ -76,16 +76,17 @@ async def test_update_of_a_deleted_record_conflicts(backend: DistributedLockBack
 async def test_watch_starts_with_the_current_state_then_every_change(backend: DistributedLockBackend) -> None:
     first = await backend.create(LeaseRecord("a", 15), 2)
     seen: list[WatchEvent] = []
+    started = asyncio.Event()
 
     async def consume() -> None:
         async for event in backend.watch(5):
             seen.append(event)
+            started.set()
             if len(seen) == 4:
                 return
 
     consumer = asyncio.create_task(consume())
-    while not seen:
-        await asyncio.sleep(0.01)
+    await asyncio.wait_for(started.wait(), 10)
     second = await backend.update(LeaseRecord("b", 15), first.version, 2)
     await backend.update(LeaseRecord("", 1), second.version, 2)
     await delete(backend)
