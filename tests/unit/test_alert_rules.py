@@ -1,0 +1,276 @@
+"""The chart's alert rules and dashboard: promtool checks and unit tests, and the metric-name contract.
+
+promtool is built from the Go module proxy (pinned in deploy/local/tools/prometheus) by the same code as
+`deploy/local/cluster build promtool`; if it cannot be built these tests fail, they never skip.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from sidecar.config import ElectionConfig
+from sidecar.election import Elector, Moment
+from sidecar.metrics import ElectionMetrics
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "deploy" / "local"))
+
+import localcluster  # noqa: E402
+
+ALERTS = ROOT / "charts" / "lease-sidecar" / "files" / "alerts.yaml"
+DASHBOARD = ROOT / "charts" / "lease-sidecar" / "files" / "dashboard.json"
+RULE_TESTS = sorted((ROOT / "tests" / "unit" / "rules").glob("*.yaml"))
+
+# The exported names (as Prometheus stores them) and their labels, before Prometheus adds pod/instance/job.
+LEASE = frozenset({"namespace", "name"})
+CONTRACT: dict[str, frozenset[str]] = {
+    "lease_sidecar_heartbeats_sent_total": LEASE,
+    "lease_sidecar_leader_elections_won_total": LEASE,
+    "lease_sidecar_leader_elections_lost_total": LEASE,
+    "lease_sidecar_lease_renewals_total": LEASE,
+    "lease_sidecar_lease_renewal_failures_total": LEASE,
+    "lease_sidecar_failovers_detected_total": LEASE,
+    "lease_sidecar_is_leader": LEASE,
+    "lease_sidecar_fencing_token": LEASE,
+    "lease_sidecar_leader_since_seconds": LEASE,
+    "lease_sidecar_lease_valid_seconds": LEASE,
+    "lease_sidecar_api_request_duration_seconds": LEASE | {"verb", "result"},
+    "lease_sidecar_watch_restarts_total": LEASE,
+    "lease_sidecar_info": frozenset({"version", "identity", "namespace", "lease"}),
+    "leader_election_master_status": frozenset({"name"}),
+}
+HISTOGRAMS = {"lease_sidecar_api_request_duration_seconds"}
+SEVERITIES = {"critical", "warning", "info"}
+
+
+# ---------------------------------------------------------------- promtool
+
+
+@pytest.fixture(scope="module")
+def promtool() -> Path:
+    try:
+        return localcluster.build("promtool")
+    except localcluster.ClusterError as error:
+        pytest.fail(f"promtool could not be built: {error}", pytrace=False)
+
+
+def run_promtool(promtool: Path, *args: str) -> str:
+    result = subprocess.run([str(promtool), *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    output = f"$ promtool {' '.join(args)}\n{result.stdout}{result.stderr}"
+    assert result.returncode == 0, output
+    return output
+
+
+def test_promtool_check_rules(promtool: Path) -> None:
+    output = run_promtool(promtool, "check", "rules", "--lint=all", "--lint-fatal", str(ALERTS.relative_to(ROOT)))
+    assert "SUCCESS" in output, output
+
+
+def test_rule_test_files_exist() -> None:
+    assert RULE_TESTS, "no promtool rule tests in tests/unit/rules/"
+
+
+@pytest.mark.parametrize("rule_test", RULE_TESTS, ids=[path.name for path in RULE_TESTS])
+def test_promtool_test_rules(promtool: Path, rule_test: Path) -> None:
+    run_promtool(promtool, "test", "rules", str(rule_test.relative_to(ROOT)))
+
+
+def test_every_alert_is_unit_tested_firing_and_silent() -> None:
+    fired: set[str] = set()
+    silent: set[str] = set()
+    for path in RULE_TESTS:
+        for case in yaml.safe_load(path.read_text())["tests"]:
+            for check in case.get("alert_rule_test", []):
+                (fired if check.get("exp_alerts") else silent).add(check["alertname"])
+    alerts = set(alert_rules())
+    assert alerts - fired == set(), "alerts never shown firing in tests/unit/rules/"
+    assert alerts - silent == set(), "alerts never shown staying silent in tests/unit/rules/"
+
+
+# ---------------------------------------------------------------- the rules file itself
+
+
+def alert_rules() -> dict[str, dict[str, Any]]:
+    document = yaml.safe_load(ALERTS.read_text())
+    return {rule["alert"]: rule for group in document["groups"] for rule in group["rules"] if "alert" in rule}
+
+
+def test_rules_file_is_plain_prometheus_rules() -> None:
+    text = ALERTS.read_text()
+    document = yaml.safe_load(text)
+    assert set(document) == {"groups"}, "the chart embeds this file as a PrometheusRule spec: only `groups:`"
+    # Helm would not render it, but a `{{ .Values ... }}` here would mean someone expected it to.
+    assert not re.search(r"\{\{-?\s*(\.|include|template|tpl)", text), "no Helm templating in alerts.yaml"
+
+
+@pytest.mark.parametrize("alert", sorted(alert_rules()))
+def test_alert_has_severity_and_annotations(alert: str) -> None:
+    rule = alert_rules()[alert]
+    assert rule["labels"]["severity"] in SEVERITIES
+    annotations = rule["annotations"]
+    assert annotations["summary"].strip() and "\n" not in annotations["summary"].strip()
+    assert "runbook" in annotations["description"].lower(), "the description should say what to do"
+    assert alert.startswith("LeaseSidecar")
+
+
+def test_paging_alerts_wait_out_scrape_artefacts() -> None:
+    # Sidecars report at scrape time and pods are scraped at different moments: a critical alert
+    # evaluated on the sum over pods needs a `for:` of at least two 30s scrape intervals.
+    for name, rule in alert_rules().items():
+        if rule["labels"]["severity"] == "critical":
+            assert _seconds(rule["for"]) >= 60, name
+
+
+def _seconds(duration: str) -> float:
+    units = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
+    total = 0.0
+    for number, unit in re.findall(r"(\d+)(ms|s|m|h|d)", duration):
+        total += int(number) * units[unit]
+    return total
+
+
+# ---------------------------------------------------------------- dashboard
+
+
+def dashboard() -> dict[str, Any]:
+    return json.loads(DASHBOARD.read_text())
+
+
+def test_dashboard_parses_and_is_templated() -> None:
+    board = dashboard()
+    assert board["schemaVersion"] >= 36
+    variables = {var["name"]: var for var in board["templating"]["list"]}
+    assert variables["datasource"]["type"] == "datasource"
+    assert variables["datasource"]["query"] == "prometheus"
+    assert {"namespace", "lease"} <= set(variables)
+    ids = [panel["id"] for panel in board["panels"]]
+    assert len(ids) == len(set(ids)), "panel ids must be unique"
+    for panel in board["panels"]:
+        if panel["type"] == "row":
+            continue
+        assert panel["datasource"] == {"type": "prometheus", "uid": "${datasource}"}, panel["title"]
+        assert panel["targets"], panel["title"]
+        for target in panel["targets"]:
+            assert target["datasource"]["uid"] == "${datasource}", panel["title"]
+            assert "$namespace" in target["expr"] and "$lease" in target["expr"], panel["title"]
+
+
+def test_dashboard_has_the_promised_panels() -> None:
+    exprs = " ".join(target["expr"] for panel in dashboard()["panels"] for target in panel.get("targets", []))
+    for needle in ("lease_sidecar_is_leader", "lease_sidecar_leader_elections_won_total",
+                   "lease_sidecar_fencing_token", "histogram_quantile(0.5", "histogram_quantile(0.99",
+                   "lease_sidecar_lease_renewal_failures_total", "lease_sidecar_watch_restarts_total",
+                   "lease_sidecar_lease_valid_seconds"):
+        assert needle in exprs
+
+
+# ---------------------------------------------------------------- metric names against the contract
+
+_NOT_METRICS = {"by", "without", "on", "ignoring", "group_left", "group_right", "and", "or", "unless", "bool",
+                "offset", "inf", "nan"}
+
+
+def metric_names(expr: str) -> set[str]:
+    """Metric names in a PromQL expression: identifiers that are not functions, keywords or labels."""
+    expr = re.sub(r'"(?:[^"\\]|\\.)*"', '""', expr)  # string literals
+    expr = re.sub(r"\{[^}]*\}", "", expr)  # label matchers
+    expr = re.sub(r"\[[^\]]*\]", "", expr)  # range and subquery durations
+    expr = re.sub(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", r"\1", expr)
+    names = set()
+    for match in re.finditer(r"(?<![\w.$])[A-Za-z_:][\w:]*", expr):
+        if expr[match.end():].lstrip().startswith("(") or match.group().lower() in _NOT_METRICS:
+            continue
+        names.add(match.group())
+    return names
+
+
+def contract_name(name: str) -> str | None:
+    if name in CONTRACT:
+        return name
+    base, _, suffix = name.rpartition("_")
+    if base in HISTOGRAMS and suffix in {"bucket", "count", "sum"}:
+        return base
+    return None
+
+
+def referenced_metrics() -> dict[str, set[str]]:
+    """Metric name -> where it is used, over alert exprs, dashboard queries and the rule tests."""
+    uses: dict[str, set[str]] = {}
+
+    def add(names: set[str], where: str) -> None:
+        for name in names:
+            uses.setdefault(name, set()).add(where)
+
+    for alert, rule in alert_rules().items():
+        add(metric_names(rule["expr"]), f"alerts.yaml {alert}")
+    board = dashboard()
+    for panel in board["panels"]:
+        for target in panel.get("targets", []):
+            add(metric_names(target["expr"]), f"dashboard panel {panel['title']!r}")
+    for var in board["templating"]["list"]:
+        if var["type"] == "query":
+            add(set(re.findall(r"label_values\(\s*([\w:]+)", var["definition"])), f"dashboard variable {var['name']}")
+    for path in RULE_TESTS:
+        for case in yaml.safe_load(path.read_text())["tests"]:
+            for series in case.get("input_series", []):
+                add(metric_names(series["series"]), f"{path.name} input series")
+            for check in case.get("promql_expr_test", []):
+                add(metric_names(check["expr"]), f"{path.name} promql_expr_test")
+    return uses
+
+
+def test_metric_name_extraction() -> None:
+    assert metric_names(
+        'histogram_quantile(0.99, sum by (namespace, le) (rate(x_bucket{verb="update", a=~"b|c"}[$__rate_interval])))'
+        " > 2.5 and on (name) group_left foo unless bar offset 5m"
+    ) == {"x_bucket", "foo", "bar"}
+
+
+def test_dashboard_and_alerts_use_only_contract_metrics() -> None:
+    uses = referenced_metrics()
+    unknown = {name: sorted(where) for name, where in uses.items() if contract_name(name) is None}
+    assert not unknown, f"metric names not in the contract (sidecar/metrics.py): {unknown}"
+    used = {contract_name(name) for name in uses}
+    assert {"lease_sidecar_is_leader", "lease_sidecar_leader_elections_won_total",
+            "lease_sidecar_lease_renewal_failures_total", "lease_sidecar_api_request_duration_seconds"} <= used
+
+
+def test_label_names_in_alert_groupings_exist() -> None:
+    # `by (...)` may only use the sidecar's own labels or `le` (pod/instance/job exist only after a scrape).
+    allowed = set().union(*CONTRACT.values()) | {"le", "pod", "instance", "job"}
+    for alert, rule in alert_rules().items():
+        for group in re.findall(r"\bby\s*\(([^)]*)\)", rule["expr"]):
+            labels = {label.strip() for label in group.split(",") if label.strip()}
+            assert labels <= allowed, (alert, labels - allowed)
+
+
+class _FixedClock:
+    def now(self) -> Moment:
+        return Moment(1000.0, datetime(2026, 1, 1, tzinfo=UTC))
+
+
+def test_contract_is_what_the_sidecar_exports() -> None:
+    registry = CollectorRegistry()
+    metrics = ElectionMetrics(registry, Elector("pod-0", ElectionConfig()), _FixedClock(), "shop", "orders-leader",
+                              "pod-0")
+    metrics.observe_request("update", "ok", 0.01)  # labelled children exist only once used
+    metrics.count_watch_restart()
+    exported: dict[str, set[str]] = {}
+    for family in text_string_to_metric_families(generate_latest(registry).decode()):
+        for sample in family.samples:
+            name = contract_name(sample.name) or sample.name
+            exported.setdefault(name, set()).update(set(sample.labels) - {"le"})
+    for name, labels in CONTRACT.items():
+        assert name in exported, f"{name} is not exported by sidecar/metrics.py"
+        assert exported[name] == labels, name
