@@ -36,22 +36,32 @@ class BeatHeartbeat:
         self._last_role = BeatRole.UNKNOWN
         self._last_holder: str | None = None
         self._electing = False
+        self._watching = False
         self._deadline_timer: asyncio.TimerHandle | None = None
         self._deadline_armed_for: float | None = None
 
     # ------------------------------------------------------------------ seed verbs
 
     async def tick(self) -> BeatRole:
-        """One step: whatever the Elector wants next, unless that is to wait. Returns the role."""
-        action = self.elector.next_action(self.clock.now())
-        if isinstance(action, Read | Write):
+        """One step of the election without waiting: perform what the Elector wants now (a read,
+        then an acquisition or renewal) until it wants to wait. Returns the resulting role.
+        Without a running `watch_lease`, it reads the lease first, as the seed's verbs did."""
+        if not self._watching:
+            await self._perform(Read(self.elector.config.request_timeout))
+        for _ in range(4):  # read, write, and a read + write after a conflict at most
+            action = self.elector.next_action(self.clock.now())
+            if not isinstance(action, Read | Write):
+                break
             await self._perform(action)
+        self._publish()
         return self.role
 
     async def try_become_leader(self) -> bool:
+        """Standby: take the lease if it is free or has expired by this process's observation."""
         return await self.tick() is BeatRole.LEADER
 
     async def renew_lease(self) -> bool:
+        """Leader: renew if due. False once leadership is lost (deadline, conflict, or taken)."""
         return await self.tick() is BeatRole.LEADER
 
     async def check_leader_health(self) -> bool:
@@ -102,6 +112,13 @@ class BeatHeartbeat:
         """Feed every observed change to the Elector; re-establish a broken watch with backoff."""
         backoff = _WATCH_BACKOFF_START_S
         idle_s = self.elector.config.failover_timeout_s
+        self._watching = True
+        try:
+            await self._watch_forever(backoff, idle_s)
+        finally:
+            self._watching = False
+
+    async def _watch_forever(self, backoff: float, idle_s: float) -> None:
         while True:
             try:
                 first = True

@@ -11,7 +11,8 @@ import pytest
 from kubernetes_asyncio import client, config
 
 from sidecar.kube_lock import LeaseLockBackend
-from sidecar.lock import Conflict, DistributedLockBackend, InMemoryLockBackend, Versioned, WatchEvent
+from sidecar.lock import Conflict, DistributedLockBackend, Versioned, WatchEvent
+from sidecar.memory_lock import InMemoryLockBackend
 from sidecar.record import LeaseRecord
 from tests.cluster.kube import get_lease, kubectl
 
