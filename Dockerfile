@@ -1,0 +1,44 @@
+# syntax=docker/dockerfile:1
+# lease-sidecar: leader election for any pod over a coordination.k8s.io/v1 Lease.
+#   docker build -t lease-sidecar:dev .
+#   docker build --build-arg REVISION="$(git rev-parse HEAD)" -t <registry>/lease-sidecar:<tag> .
+# The builder installs the checkout into a virtual environment; the runtime stage copies only
+# that environment, on the same base image so its interpreter path stays valid.
+
+FROM python:3.12-slim-trixie AS builder
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PYTHONDONTWRITEBYTECODE=1
+WORKDIR /src
+RUN python -m venv /opt/lease-sidecar
+# Only what the package build reads (README.md is optional for it; .dockerignore allow-lists).
+COPY pyproject.toml ./
+COPY sidecar/ ./sidecar/
+# pip compiles the bytecode at install time: the runtime root filesystem is read-only.
+RUN /opt/lease-sidecar/bin/pip install --no-cache-dir . \
+    && /opt/lease-sidecar/bin/pip uninstall --yes pip \
+    && /opt/lease-sidecar/bin/lease-sidecar --version
+
+FROM python:3.12-slim-trixie
+ARG VERSION=0.1.0
+ARG REVISION=unknown
+ARG CREATED=unknown
+ARG SOURCE=""
+LABEL org.opencontainers.image.title="lease-sidecar" \
+      org.opencontainers.image.description="Leader election for any Kubernetes pod, as a sidecar over a coordination.k8s.io/v1 Lease" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.revision="${REVISION}" \
+      org.opencontainers.image.created="${CREATED}" \
+      org.opencontainers.image.source="${SOURCE}" \
+      org.opencontainers.image.licenses="Apache-2.0" \
+      org.opencontainers.image.base.name="docker.io/library/python:3.12-slim-trixie"
+ENV PATH=/opt/lease-sidecar/bin:$PATH \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1
+COPY --from=builder /opt/lease-sidecar /opt/lease-sidecar
+# A numeric user, so Kubernetes can verify runAsNonRoot without an /etc/passwd entry.
+USER 65532:65532
+# 9464: /metrics, /healthz, /readyz. The local API (4040) listens on 127.0.0.1 only.
+EXPOSE 9464
+ENTRYPOINT ["lease-sidecar"]
+CMD ["run"]
