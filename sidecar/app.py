@@ -25,7 +25,7 @@ from sidecar.heartbeat import BeatHeartbeat
 from sidecar.kube_lock import LeaseLockBackend
 from sidecar.metrics import ElectionMetrics
 from sidecar.role_files import RoleFiles
-from sidecar.settings import IN_CLUSTER_DIR, RunSettings
+from sidecar.settings import IN_CLUSTER_DIR, RunSettings, split_address
 from sidecar.status import StatusBoard
 
 log = logging.getLogger("lease_sidecar.app")
@@ -34,7 +34,21 @@ SHUTDOWN_GRACE_S = 5.0
 """How long the release may take after SIGTERM before the process exits anyway."""
 
 
+class CredentialsError(Exception):
+    """No usable Kubernetes credentials: a configuration problem, reported in one line."""
+
+
 async def make_api_client(settings: RunSettings) -> ApiClient:
+    try:
+        return await _make_api_client(settings)
+    except CredentialsError:
+        raise
+    except Exception as error:  # kubernetes-asyncio raises ConfigException, OSError, KeyError...
+        one_line = " ".join(str(error).split())
+        raise CredentialsError(f"cannot load Kubernetes credentials: {one_line}") from error
+
+
+async def _make_api_client(settings: RunSettings) -> ApiClient:
     configuration = Configuration()
     if not settings.kubeconfig and os.environ.get("KUBERNETES_SERVICE_HOST"):
         incluster_config.load_incluster_config(
@@ -43,6 +57,8 @@ async def make_api_client(settings: RunSettings) -> ApiClient:
     else:
         path = settings.kubeconfig or os.environ.get("KUBECONFIG", "").split(os.pathsep)[0] or str(
             Path.home() / ".kube" / "config")
+        if not Path(path).is_file():
+            raise CredentialsError(f"no kubeconfig at {path} (and not in a cluster: KUBERNETES_SERVICE_HOST unset)")
         await kube_config.load_kube_config(config_file=path, client_configuration=configuration)
     return ApiClient(configuration=configuration)
 
@@ -77,7 +93,7 @@ async def run(settings: RunSettings, namespace: str, identity: str, config: Any)
     def alive() -> bool:
         return bool(tasks) and not any(task.done() for task in tasks.values())
 
-    host, _ = http_api.split_address(settings.http_address, "--http-address")
+    host, _ = split_address(settings.http_address, "--http-address")
     if not http_api.is_loopback(host):
         log.warning("local API bound beyond loopback: any pod or node that reaches it can read the role",
                     extra={"event": "http_not_loopback", "address": settings.http_address})

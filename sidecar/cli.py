@@ -22,10 +22,13 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as error:
         print(f"lease-sidecar: invalid configuration: {error}", file=sys.stderr)
         return 2
-    from sidecar.app import run  # heavy imports only once the configuration is known to be good
+    from sidecar.app import CredentialsError, run  # heavy imports once the configuration is good
 
     try:
         return asyncio.run(run(settings, namespace, identity, config))
+    except CredentialsError as error:
+        print(f"lease-sidecar: invalid configuration: {error}", file=sys.stderr)
+        return 2
     except OSError as error:  # e.g. a port in use
         print(f"lease-sidecar: error: {error}", file=sys.stderr)
         return 1

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from aiohttp import web
 
 from sidecar.openapi import OPENAPI
+from sidecar.settings import split_address
 from sidecar.status import Snapshot, StatusBoard
 
 log = logging.getLogger("lease_sidecar.http")
@@ -66,6 +67,8 @@ async def get_leader_events(request: web.Request) -> web.StreamResponse:
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
                                            "X-Accel-Buffering": "no"})
     await response.prepare(request)
+    if request.method == "HEAD":
+        return response
     snapshot: Snapshot = board.snapshot()
     try:
         while True:
@@ -131,14 +134,6 @@ def build_app(board: StatusBoard, alive: Callable[[], bool]) -> web.Application:
                           ("/readyz", get_readyz), ("/openapi.json", get_openapi)):
         app.router.add_get(path, handler, allow_head=True)
     return app
-
-
-def split_address(address: str, field_name: str) -> tuple[str, int]:
-    host, _, port = address.rpartition(":")
-    host = host.strip("[]")
-    if not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"{field_name}: expected host:port, got {address!r}")
-    return host, int(port)
 
 
 def is_loopback(host: str) -> bool:

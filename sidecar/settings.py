@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import socket
 from pathlib import Path
+from typing import NoReturn
 
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -19,6 +21,7 @@ from sidecar.config import ConfigError, ElectionConfig, parse_duration_s
 IN_CLUSTER_DIR = Path(os.environ.get("LEASE_SIDECAR_IN_CLUSTER_DIR", "/var/run/secrets/kubernetes.io/serviceaccount"))
 """Where a pod finds its ServiceAccount token, CA and namespace (overridable for tests)."""
 
+_DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 _DURATIONS = ("leader_lease_ttl", "leader_renewal_interval", "leader_renew_deadline", "heartbeat_interval",
               "heartbeat_ttl", "failover_timeout", "api_timeout")
 
@@ -91,11 +94,27 @@ class RunSettings(BaseSettings):
         return self.identity or os.environ.get("POD_NAME") or socket.gethostname()
 
 
+def split_address(address: str, field_name: str) -> tuple[str, int]:
+    """`host:port` (IPv6 in brackets); ConfigError naming the flag otherwise."""
+    host, _, port = address.rpartition(":")
+    host = host.strip("[]")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(field_name, f"expected host:port, e.g. 127.0.0.1:4040; got {address!r}")
+    return host, int(port)
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    """Usage mistakes get one line and exit 2, like every other configuration error."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="lease-sidecar", description="Leader election for any pod, over a "
+    parser = _OneLineParser(prog="lease-sidecar", description="Leader election for any pod, over a "
                                      "coordination.k8s.io/v1 Lease. The app asks GET http://127.0.0.1:4040/leader.")
     parser.add_argument("--version", action="version", version=f"lease-sidecar {__version__}")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_OneLineParser)
     run = commands.add_parser("run", help="take part in the election and publish the role",
                               description="Durations take seconds (4, 0.5) or 500ms / 5s / 1m. Each flag is "
                                           "also an environment variable LEASE_SIDECAR_<FLAG>.")
@@ -121,6 +140,11 @@ def load_settings(args: argparse.Namespace) -> tuple[RunSettings, ElectionConfig
         raise ConfigError(flag, message) from None
     if not settings.lease_name:
         raise ConfigError("--lease-name", "required (or LEASE_SIDECAR_LEASE_NAME)")
-    if len(settings.lease_name) > 253:
-        raise ConfigError("--lease-name", "must be at most 253 characters")
+    if len(settings.lease_name) > 253 or not _DNS_SUBDOMAIN.match(settings.lease_name):
+        raise ConfigError("--lease-name", "must be a DNS subdomain (lowercase letters, digits, '-' and '.', "
+                                          f"starting and ending alphanumeric, at most 253 characters); "
+                                          f"got {settings.lease_name[:60]!r}")
+    split_address(settings.http_address, "--http-address")
+    if settings.metrics_address:
+        split_address(settings.metrics_address, "--metrics-address")
     return settings, settings.election_config()

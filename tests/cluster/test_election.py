@@ -195,3 +195,19 @@ def test_ttl_and_interval_alone_are_valid(namespace: str, tmp_path: Path) -> Non
         sidecars.wait_for(lambda: only.leader()["is_leader"], 10)
     finally:
         only.terminate()
+
+
+@pytest.mark.parametrize(("args", "expected"), [
+    (["--kubeconfig", "/nonexistent"], "no kubeconfig at /nonexistent"),
+    (["--http-address", "nope"], "--http-address: expected host:port"),
+    (["--lease-name", "Not_A_Name"], "--lease-name: must be a DNS subdomain"),
+])
+def test_unusable_settings_exit_2_with_one_line(args: list[str], expected: str, tmp_path: Path) -> None:
+    (tmp_path / "kubeconfig").write_text("garbage: [\n")
+    argv = [sys.executable, "-m", "sidecar", "run", "--lease-name", "x", "--namespace", "y", *args]
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=30, env={"PATH": "/usr/bin:/bin"})
+    assert result.returncode == 2 and expected in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    broken = subprocess.run(argv[:8] + ["--kubeconfig", str(tmp_path / "kubeconfig")], capture_output=True,
+                            text=True, timeout=30, env={"PATH": "/usr/bin:/bin"})
+    assert broken.returncode == 2 and len(broken.stderr.strip().splitlines()) == 1, broken.stderr
