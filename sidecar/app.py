@@ -57,7 +57,7 @@ async def _make_api_client(settings: RunSettings) -> ApiClient:
     else:
         path = settings.kubeconfig or os.environ.get("KUBECONFIG", "").split(os.pathsep)[0] or str(
             Path.home() / ".kube" / "config")
-        if not Path(path).is_file():
+        if not os.path.isfile(path):  # noqa: ASYNC240  (start-up, before any loop work)
             raise CredentialsError(f"no kubeconfig at {path} (and not in a cluster: KUBERNETES_SERVICE_HOST unset)")
         await kube_config.load_kube_config(config_file=path, client_configuration=configuration)
     return ApiClient(configuration=configuration)

@@ -208,6 +208,6 @@ def test_unusable_settings_exit_2_with_one_line(args: list[str], expected: str, 
     result = subprocess.run(argv, capture_output=True, text=True, timeout=30, env={"PATH": "/usr/bin:/bin"})
     assert result.returncode == 2 and expected in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
-    broken = subprocess.run(argv[:8] + ["--kubeconfig", str(tmp_path / "kubeconfig")], capture_output=True,
+    broken = subprocess.run([*argv[:8], "--kubeconfig", str(tmp_path / "kubeconfig")], capture_output=True,
                             text=True, timeout=30, env={"PATH": "/usr/bin:/bin"})
     assert broken.returncode == 2 and len(broken.stderr.strip().splitlines()) == 1, broken.stderr
