@@ -10,6 +10,7 @@ those pins, so a warm `up` only starts processes.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -102,6 +103,16 @@ def build(name: str) -> Path:
     if shutil.which("go") is None:
         raise ClusterError("Go is not installed: `go` is needed to build the control plane")
     target.parent.mkdir(parents=True, exist_ok=True)
+    # Two processes (a test run and `make demo`, say) may want the same tool at once: one builds,
+    # the other waits for it and then finds the binary.
+    with open(target.parent / "build.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if target.exists():
+            return target
+        return _build_locked(name, tool, target)
+
+
+def _build_locked(name: str, tool: Tool, target: Path) -> Path:
     log_path = target.parent / "build.log"
     partial = target.with_suffix(".partial")
     say(f"building {name} from {tool.package} (log: {log_path}); a cold build takes minutes")

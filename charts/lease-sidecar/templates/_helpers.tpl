@@ -568,6 +568,9 @@ spec:
   podMetricsEndpoints:
     - port: lease-metrics
       path: /metrics
+      # The sidecar's `namespace` label names the Lease's namespace; keep it rather than letting
+      # the target's namespace overwrite it (which would rename ours to exported_namespace).
+      honorLabels: true
       interval: {{ .Values.monitoring.podMonitor.interval }}
       {{- with .Values.monitoring.podMonitor.scrapeTimeout }}
       scrapeTimeout: {{ . }}
