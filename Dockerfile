@@ -11,8 +11,8 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONDONTWRITEBYTECODE=1
 WORKDIR /src
 RUN python -m venv /opt/lease-sidecar
-# Only what the package build reads (README.md is optional for it; .dockerignore allow-lists).
-COPY pyproject.toml ./
+# Only what the package build reads (.dockerignore allow-lists the same files).
+COPY pyproject.toml README.md ./
 COPY sidecar/ ./sidecar/
 # pip compiles the bytecode at install time: the runtime root filesystem is read-only.
 RUN /opt/lease-sidecar/bin/pip install --no-cache-dir . \
