@@ -7,6 +7,7 @@ last, all under `asyncio.shield` so a second signal cannot cut the release short
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import signal
@@ -105,6 +106,12 @@ async def run(settings: RunSettings, namespace: str, identity: str, config: Any)
     if settings.metrics_address:
         metrics_app = metrics_http.build_app(registry, alive, ready)
         runners.append(await http_api.start_site(metrics_app, settings.metrics_address, "--metrics-address"))
+
+    # Everything imported and built so far lives as long as the process (the Kubernetes client
+    # alone is ~100k objects). Freezing it keeps full GC passes, which would otherwise walk it all
+    # and show up as multi-millisecond stalls in /leader latency, short.
+    gc.collect()
+    gc.freeze()
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
