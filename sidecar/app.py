@@ -156,15 +156,19 @@ async def _shut_down(heartbeat: BeatHeartbeat, tasks: dict[str, asyncio.Task[Non
     await asyncio.gather(*tasks.values(), return_exceptions=True)
     for runner in runners:
         await runner.cleanup()
-    await api_client.close()
+    try:
+        await asyncio.wait_for(api_client.close(), 2.0)
+    except (TimeoutError, OSError):
+        pass  # the process is exiting; sockets close with it
     if role_files:
-        role_files.stand_down(board.snapshot())
+        try:
+            role_files.stand_down(board.snapshot())
+        except OSError as error:
+            log.error("cannot write standby to the role files", extra={"event": "role_file_failed",
+                                                                        "error": str(error)})
 
 
 async def _release(heartbeat: BeatHeartbeat, elect: asyncio.Task[None] | None) -> None:
+    await heartbeat.shutdown()
     if elect is not None and not elect.done():
-        heartbeat.elector.close()
-        await heartbeat.shutdown()
         await elect
-    else:
-        await heartbeat.shutdown()

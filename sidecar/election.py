@@ -8,7 +8,9 @@ Every rule about expiry, hand-over and terms lives here and nowhere else:
 * A leader is leader only until `renew_deadline` after the *start* of its last successful write.
   Any other candidate saw that write no earlier than it started, so it cannot take the lease
   before `start + lease_ttl`, which is later: the old leader has already stepped down.
-* Every new term carries a fencing token one larger than the last one stored in the Lease.
+* Every new term carries a fencing token larger than any stored in the Lease or seen by this
+  process. A record that names our identity with a token we did not write (a previous life, or a
+  duplicate process) is treated like anyone else's: it must expire first.
 
 The async driver (`heartbeat.BeatHeartbeat`) performs the actions and feeds the results back.
 """
@@ -16,6 +18,7 @@ The async driver (`heartbeat.BeatHeartbeat`) performs the actions and feeds the 
 from __future__ import annotations
 
 import enum
+from collections import deque
 from dataclasses import dataclass, replace
 from datetime import datetime
 
@@ -104,30 +107,43 @@ class ElectionView:
 class Elector:
     """One candidate's view of one lease. Not thread-safe; call from one task."""
 
+    MAX_RELEASE_ATTEMPTS = 3
+
     def __init__(self, identity: str, config: ElectionConfig) -> None:
         if not identity:
             raise ValueError("identity: must not be empty")
         self.identity = identity
         self.config = config
         self.stats = HeartbeatStats()
+        self.last_loss_reason: str | None = None
         self._observed: Versioned | None = None
         self._observed_ever = False
         self._observed_changed_mono = 0.0
         self._last_observation: Moment | None = None
         self._term: Term | None = None
+        self._held_token: int | None = None
+        """Token of the record this process last wrote as holder, while the Lease still shows it.
+        A record naming our identity with any other token is someone else's (a previous life, or
+        a duplicate process with our identity) and must expire before we take it."""
+        self._highest_token = 0
+        self._maybe_written: int | None = None
+        """Token of an acquisition whose outcome is unknown (timeout): ours if a read shows it."""
         self._needs_read = True
         self._failures = 0
         self._retry_at_mono = 0.0
         self._failover_counted_for: str | None = None
         self._closing = False
+        self._release_attempts = 0
         self._done = False
         self._echo_pending: str | None = None
-        self.last_loss_reason: str | None = None
+        self._stream_versions: deque[str] = deque(maxlen=32)
+        self.write_generation = 0
+        """Counts successful writes; a list sent before one of them landed may be stale."""
 
     # ------------------------------------------------------------------ queries
 
     def is_leader(self, now_mono: float) -> bool:
-        return self._term is not None and now_mono < self.valid_until_mono
+        return self._term is not None and not self._closing and now_mono < self.valid_until_mono
 
     @property
     def valid_until_mono(self) -> float:
@@ -163,10 +179,7 @@ class Elector:
             return Done()
         timeout = self.config.request_timeout
         if self._closing:
-            if self._term is None or self._observed is None:
-                self._done = True
-                return Done()
-            return self._release(now, timeout)
+            return self._closing_action(now, timeout)
         if now.mono < self._retry_at_mono:
             return Wait(self._retry_at_mono if self._term is None else min(self._retry_at_mono, self.valid_until_mono))
         if self._needs_read:
@@ -189,7 +202,7 @@ class Elector:
             return Write("acquire", self._new_term_record(None, now), None, timeout)
         record = self._observed.record
         taken_over = None
-        if record.holder and record.holder != self.identity:
+        if record.holder and not self._holds(record):
             expires = self._observed_changed_mono + record.duration_s
             if now.mono < expires:
                 return Wait(expires)
@@ -201,40 +214,61 @@ class Elector:
             self.stats.failovers_detected += 1
         return Write("acquire", self._new_term_record(record, now), self._observed.version, timeout)
 
+    def _closing_action(self, now: Moment, timeout: float) -> Action:
+        """Release what this process holds, re-reading after a conflict; give up after a few tries
+        (the lease then simply expires)."""
+        if self._release_attempts >= self.MAX_RELEASE_ATTEMPTS:
+            self._done = True
+            return Done()
+        if self._needs_read:
+            return Wait(self._retry_at_mono) if now.mono < self._retry_at_mono else Read(timeout)
+        if self._observed is None or not self._holds(self._observed.record):
+            self._done = True
+            return Done()
+        self._release_attempts += 1
+        record = replace(self._observed.record, holder="", duration_s=RELEASED_DURATION_S,
+                         acquire_time=now.wall, renew_time=now.wall)
+        return Write("release", record, self._observed.version, timeout)
+
+    def _holds(self, record: LeaseRecord) -> bool:
+        return record.holder == self.identity and self._held_token is not None \
+            and record.fencing_token == self._held_token
+
     def _new_term_record(self, old: LeaseRecord | None, now: Moment) -> LeaseRecord:
         if old is None:
-            token, transitions = 1, 0
+            base, transitions = 0, 0
         else:
             base = old.fencing_token if old.fencing_token is not None else old.transitions
-            token = base + 1
             # client-go counts a transition only when the holder changes.
             transitions = old.transitions + (0 if old.holder == self.identity else 1)
+        # Never below a token this process has seen, even if the Lease was deleted meanwhile.
+        token = max(base, self._highest_token) + 1
         return LeaseRecord(holder=self.identity, duration_s=int(self.config.lease_ttl_s),
                            acquire_time=now.wall, renew_time=now.wall, transitions=transitions,
                            fencing_token=token)
 
-    def _release(self, now: Moment, timeout: float) -> Write:
-        assert self._observed is not None and self._term is not None
-        record = replace(self._observed.record, holder="", duration_s=RELEASED_DURATION_S,
-                         acquire_time=now.wall, renew_time=now.wall)
-        # Standby from this moment: the release write may land at any time from now on.
-        self._term = None
-        return Write("release", record, self._observed.version, timeout)
-
     # ------------------------------------------------------------------ observations
 
-    def observe(self, now: Moment, current: Versioned | None, *, from_stream: bool = False) -> None:
+    def observe(self, now: Moment, current: Versioned | None, *, from_stream: bool = False,
+                sent_at_generation: int | None = None) -> None:
         """A read or watch result: the stored record (None: the Lease does not exist).
 
-        `from_stream`: a watch event after the stream's initial state. Watch events arrive in
+        `from_stream`: a watch event after the stream's initial list. Watch events arrive in
         order, so until the echo of our own last write shows up, any event predates that write
         and is ignored; comparing resourceVersions, which are opaque, is never needed.
+        `sent_at_generation`: `write_generation` when the request was sent; if one of our writes
+        succeeded since, the answer may predate it and is dropped (the stream will catch up).
         """
-        if from_stream and self._echo_pending is not None:
-            if current is None or current.version != self._echo_pending:
-                return
-            self._echo_pending = None
-        elif not from_stream:
+        if sent_at_generation is not None and sent_at_generation != self.write_generation:
+            return
+        if from_stream:
+            if current is not None:
+                self._stream_versions.append(current.version)
+            if self._echo_pending is not None:
+                if current is None or current.version != self._echo_pending:
+                    return
+                self._echo_pending = None
+        else:
             self._echo_pending = None
         self._last_observation = now
         self._needs_read = False
@@ -246,64 +280,72 @@ class Elector:
             self._observed_changed_mono = now.mono
         self._observed_ever = True
         self._observed = current
+        if current is not None:
+            token = current.record.fencing_token or 0
+            self._highest_token = max(self._highest_token, token)
+            if current.record.holder == self.identity and token == self._maybe_written:
+                self._held_token = token  # our timed-out acquisition did land
+        self._maybe_written = None
+        if current is None or not self._holds(current.record):
+            self._held_token = None
         if self._term is not None:
             if current is None:
                 self._lose_term("lease deleted")
             elif current.record.holder != self.identity:
                 self._lose_term(f"lease taken by {current.record.holder or '(released)'}")
+            elif current.record.fencing_token != self._term.fencing_token:
+                self._lose_term("lease taken by another process with this identity")
         self._expire_term(now)
 
     def write_succeeded(self, now: Moment, action: Write, started: Moment, stored: Versioned) -> None:
         self._clear_failures()
-        self._echo_pending = stored.version
+        self.write_generation += 1
+        token = stored.record.fencing_token or 0
         if action.kind == "release":
             self._done = True
-            self._observe_own_write(now, stored)
-            return
-        if self._closing:
-            # Shutdown began while this write was in flight; it still must be undone.
-            self._term = Term(stored.record.fencing_token or 0, started, started.mono)
-            self._observed = stored
-            return
-        if action.kind == "acquire":
-            self._term = Term(stored.record.fencing_token or 0, started, started.mono)
-            self.stats.leader_elections_won += 1
-        elif self._term is not None:
-            self._term = replace(self._term, last_renew_started_mono=started.mono)
-            self.stats.lease_renewals += 1
-        self._observe_own_write(now, stored)
-
-    def _observe_own_write(self, now: Moment, stored: Versioned) -> None:
-        pending = stored.version
+            self._held_token = None
+        else:
+            self._held_token = token
+            if action.kind == "acquire" and not self._closing:
+                self._term = Term(token, started, started.mono)
+                self.stats.leader_elections_won += 1
+            elif action.kind == "renew" and self._term is not None:
+                self._term = replace(self._term, last_renew_started_mono=started.mono)
+                self.stats.lease_renewals += 1
         self.observe(now, stored)
-        self._echo_pending = pending
+        # The stream may already have delivered this write (it often races the response).
+        self._echo_pending = None if stored.version in self._stream_versions else stored.version
 
     def write_conflicted(self, now: Moment, action: Write) -> None:
         """Someone else wrote first: never overwrite, re-read and decide again."""
         self._needs_read = True
         self._count_write_failure(action)
-        if action.kind == "release":
-            self._done = True  # the lease moved on without us: nothing left to release
 
     def call_failed(self, now: Moment, action: Read | Write) -> None:
-        """Timeout or error: the write's outcome is unknown, so re-read before deciding."""
+        """Timeout or error: a write's outcome is unknown, so re-read before deciding."""
         self._needs_read = True
         self._failures += 1
         self._retry_at_mono = now.mono + min(self.config.retry_cap_s, 0.1 * 2 ** (self._failures - 1))
         if isinstance(action, Write):
             self._count_write_failure(action)
-            if action.kind == "release":
-                self._done = True  # best effort: the lease expires by itself
+            if action.kind == "acquire":
+                self._maybe_written = action.record.fencing_token
         elif self._term is not None:
             self.stats.lease_renewal_failures += 1  # a leader that cannot even read is failing to renew
+        if self._closing and not isinstance(action, Write):
+            self._release_attempts += 1  # an outage must not hold shutdown forever
         self._expire_term(now)
 
     def heartbeat(self) -> None:
         self.stats.heartbeats_sent += 1
 
     def close(self) -> None:
-        """Begin shutdown: the next action releases the lease if held, then Done."""
+        """Begin shutdown: standby at once; the next actions release the lease if this process
+        holds it, then Done."""
+        if not self._closing and self._term is not None:
+            self.last_loss_reason = "shutting down"
         self._closing = True
+        self._term = None
 
     # ------------------------------------------------------------------ internals
 

@@ -22,6 +22,7 @@ log = logging.getLogger("lease_sidecar.election")
 
 _WATCH_BACKOFF_START_S = 0.1
 _WATCH_BACKOFF_CAP_S = 5.0
+_WATCH_HEALTHY_S = 5.0
 
 
 class BeatHeartbeat:
@@ -77,6 +78,7 @@ class BeatHeartbeat:
         """Release if leading; standby is published before the release is sent. When `elect` is
         running it performs the release and returns; otherwise this does it."""
         self.elector.close()
+        self._publish()  # standby now, before any release is sent
         self._wake.set()
         if not self._electing:
             await self.elect()
@@ -119,22 +121,29 @@ class BeatHeartbeat:
             self._watching = False
 
     async def _watch_forever(self, backoff: float, idle_s: float) -> None:
+        request_timeout = self.elector.config.request_timeout
         while True:
+            started = self.clock.now().mono
             try:
                 first = True
-                async for event in self.backend.watch(idle_s):
-                    self.elector.observe(self.clock.now(), event.current, from_stream=not first)
-                    self._wake.set()
-                    if not first:
-                        backoff = _WATCH_BACKOFF_START_S  # healthy past the initial list
+                sent_at = self.elector.write_generation
+                async for event in self.backend.watch(idle_s, request_timeout):
+                    self.elector.observe(self.clock.now(), event.current, from_stream=not first,
+                                         sent_at_generation=sent_at if first else None)
                     first = False
+                    # Publish now: a loss seen here must not wait for the elect loop's current call.
+                    self._publish()
+                    self._wake.set()
                 continue  # the stream ended quietly: list and watch again
-            except WatchExpired:
-                continue
+            except WatchExpired as error:
+                self._on_watch_restart()
+                log.info("watch expired, listing again", extra={"event": "watch_expired", "error": str(error)})
             except (LockError, OSError) as error:
                 self._on_watch_restart()
                 log.warning("watch broken, retrying", extra={"event": "watch_failed", "error": str(error),
                                                              "retry_in_s": round(backoff, 3)})
+            if self.clock.now().mono - started > _WATCH_HEALTHY_S:
+                backoff = _WATCH_BACKOFF_START_S  # it had been healthy: this is a fresh failure
             await asyncio.sleep(backoff)
             backoff = min(_WATCH_BACKOFF_CAP_S, backoff * 2)
 

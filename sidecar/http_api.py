@@ -6,7 +6,6 @@ deadline already answers standby even if no loop has run since. Request bodies a
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 import json
 import logging
@@ -77,8 +76,8 @@ async def get_leader_events(request: web.Request) -> web.StreamResponse:
             version = snapshot["version"]
             while (snapshot := await board.wait_for_change(version, SSE_KEEPALIVE_S))["version"] == version:
                 await response.write(b": keep-alive\n\n")
-    except (ConnectionResetError, asyncio.CancelledError):
-        pass
+    except ConnectionResetError:
+        pass  # the client went away; cancellation (server shutdown) propagates as it should
     return response
 
 

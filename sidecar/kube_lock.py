@@ -82,7 +82,7 @@ class LeaseLockBackend:
             raise _translate(error) from error
         return self._remember(lease)
 
-    async def watch(self, idle_timeout_s: float) -> AsyncIterator[WatchEvent]:
+    async def watch(self, idle_timeout_s: float, request_timeout_s: float = 5.0) -> AsyncIterator[WatchEvent]:
         """The current state (one list), then each change, for as long as the stream is healthy.
 
         Each watch request asks the server to end it after `idle_timeout_s`; it is then resumed
@@ -90,7 +90,7 @@ class LeaseLockBackend:
         per `idle_timeout_s`. A socket silent for longer than that is treated as broken.
         """
         selector = f"metadata.name={self.name}"
-        listing = await self._call("list", idle_timeout_s, self._api.list_namespaced_lease,
+        listing = await self._call("list", request_timeout_s, self._api.list_namespaced_lease,
                                    self.namespace, field_selector=selector)
         items = listing.get("items") or []
         yield WatchEvent(self._remember(items[0]) if items else None)

@@ -58,6 +58,7 @@ class DistributedLockBackend(Protocol):
     async def update(self, record: LeaseRecord, expected_version: str, timeout_s: float) -> Versioned:
         """Replace the record only if its version is still `expected_version`; else Conflict."""
 
-    def watch(self, idle_timeout_s: float) -> AsyncIterator[WatchEvent]:
-        """The current state first, then every change. Ends quietly after `idle_timeout_s`
-        without news; raises LockError when the stream breaks."""
+    def watch(self, idle_timeout_s: float, request_timeout_s: float) -> AsyncIterator[WatchEvent]:
+        """The current state first (one read, bounded by `request_timeout_s`), then every change.
+        May end quietly (the caller watches again); raises LockError when the stream breaks, and
+        WatchExpired when it cannot be resumed."""

@@ -59,7 +59,7 @@ class InMemoryLockBackend:
         """Test hook: what `kubectl delete lease` does."""
         await self._store(None)
 
-    async def watch(self, idle_timeout_s: float) -> AsyncIterator[WatchEvent]:
+    async def watch(self, idle_timeout_s: float, request_timeout_s: float = 5.0) -> AsyncIterator[WatchEvent]:
         self._check()
         seen = len(self._history)
         yield WatchEvent(self._current)

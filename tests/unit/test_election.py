@@ -248,3 +248,96 @@ def test_stream_events_older_than_our_own_write_are_ignored() -> None:
     elector.observe(at(0.2), store.current, from_stream=True)
     elector.observe(at(0.3), Versioned(LeaseRecord("intruder", 10), "z"), from_stream=True)
     assert elector.view(0.3).role is BeatRole.STANDBY
+
+
+def test_own_write_delivered_by_the_stream_before_its_response_does_not_blind_the_stream() -> None:
+    store, elector = Store(), Elector("a", CONFIG)
+    lead(elector, store, 0)
+    renew = elector.next_action(at(2))
+    assert isinstance(renew, Write)
+    stored = store.put(renew.record)
+    elector.observe(at(2.01), stored, from_stream=True)  # the watch wins the race
+    elector.write_succeeded(at(2.02), renew, at(2), stored)
+    elector.observe(at(2.5), None, from_stream=True)  # kubectl delete lease
+    assert elector.view(2.5).role is BeatRole.STANDBY
+
+
+def test_tokens_keep_growing_after_the_lease_is_deleted() -> None:
+    store, elector = Store(), Elector("a", CONFIG)
+    lead(elector, store, 0)
+    first = elector.view(0).fencing_token
+    elector.observe(at(1), None)
+    store.current = None
+    action = elector.next_action(at(1))
+    assert isinstance(action, Write) and action.expected_version is None
+    assert action.record.fencing_token == first + 1
+
+
+def test_a_duplicate_process_with_our_identity_ends_our_term_and_must_wait_for_expiry() -> None:
+    store, old, duplicate = Store(), Elector("a", CONFIG), Elector("a", CONFIG)
+    lead(old, store, 0)
+    duplicate.observe(at(0.5), store.current)
+    # The record names "a", but not a term this process wrote: it expires first, like anyone's.
+    assert duplicate.next_action(at(0.5)) == Wait(10.5)
+    # Should the duplicate still write (it is past expiry by its own view), the old one steps down.
+    action = duplicate.next_action(at(10.5))
+    assert isinstance(action, Write)
+    store.apply(duplicate, action, at(10.5), at(10.5))
+    old.observe(at(10.6), store.current, from_stream=True)
+    old.observe(at(10.6), store.current)
+    assert old.view(10.6).role is BeatRole.STANDBY
+    assert old.last_loss_reason == "lease taken by another process with this identity"
+
+
+def test_close_is_standby_at_once_even_with_an_acquisition_in_flight() -> None:
+    store, elector = Store(), Elector("a", CONFIG)
+    elector.observe(at(0), None)
+    acquire = elector.next_action(at(0))
+    assert isinstance(acquire, Write)
+    elector.close()
+    store.apply(elector, acquire, at(0), at(0.1))  # it landed after SIGTERM
+    assert elector.view(0.1).role is not BeatRole.LEADER
+    release = elector.next_action(at(0.1))
+    assert isinstance(release, Write) and release.kind == "release"
+    store.apply(elector, release, at(0.1), at(0.1))
+    assert store.current.record.holder == "" and isinstance(elector.next_action(at(0.2)), Done)
+
+
+def test_a_list_sent_before_our_write_landed_is_dropped() -> None:
+    store, elector = Store(), Elector("a", CONFIG)
+    sent = elector.write_generation
+    lead(elector, store, 0)
+    elector.observe(at(0.1), None, sent_at_generation=sent)  # stale "absent" from the watch's list
+    assert elector.view(0.1).role is BeatRole.LEADER
+
+
+def test_release_conflict_rereads_and_releases_again() -> None:
+    store, elector = Store(), Elector("a", CONFIG)
+    lead(elector, store, 0)
+    renew = elector.next_action(at(2))
+    assert isinstance(renew, Write)
+    store.put(renew.record)  # landed, but the response was lost
+    elector.call_failed(at(2.5), renew)
+    elector.close()
+    assert isinstance(elector.next_action(at(3)), Read)
+    elector.observe(at(3), store.current)
+    release = elector.next_action(at(3))
+    assert isinstance(release, Write) and release.expected_version == store.current.version
+    store.apply(elector, release, at(3), at(3))
+    assert store.current.record.holder == ""
+
+
+def test_shutdown_during_an_outage_gives_up() -> None:
+    store, elector = Store(), Elector("a", CONFIG)
+    lead(elector, store, 0)
+    elector.close()
+    t = 0.0
+    for _ in range(20):
+        action = elector.next_action(at(t))
+        if isinstance(action, Done):
+            break
+        if isinstance(action, Wait):
+            t = action.until_mono
+            continue
+        elector.call_failed(at(t), action)
+    assert isinstance(elector.next_action(at(t)), Done)
