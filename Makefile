@@ -32,7 +32,10 @@ unit: venv
 test: venv cluster lint
 	$(PY) -m pytest tests -q
 
+# wrk is the throughput load generator; without it (no root, no apt) a Python fallback is used.
 bench: venv cluster
+	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk >/dev/null; } \
+		|| echo "bench: wrk not installed; using the Python load generator (it under-reports throughput)"
 	BENCH_RUNS=$(BENCH_RUNS) $(PY) bench/run.py
 
 down:
