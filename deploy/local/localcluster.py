@@ -238,11 +238,14 @@ def _pid_alive(pid: int) -> bool:
 
 
 def running_pid(paths: Paths, name: str) -> int | None:
+    """The pid from the pid file, if that process is alive and is still our `name` (a stale pid
+    file after a reboot or a killed session may name an unrelated process by now)."""
     try:
         pid = int(paths.pid_file(name).read_text())
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0]
     except (OSError, ValueError):
         return None
-    return pid if _pid_alive(pid) else None
+    return pid if _pid_alive(pid) and Path(cmdline.decode(errors="replace")).name == name else None
 
 
 def _port_free(port: int) -> bool:
