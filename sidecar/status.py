@@ -29,7 +29,6 @@ class StatusBoard:
         self._changed: asyncio.Future[None] | None = None
         self._listeners: list[Callable[[Snapshot], None]] = []
         self.last_heartbeat_at: str | None = None
-        self._published_version = 0
 
     def subscribe(self, listener: Callable[[Snapshot], None]) -> None:
         """Called synchronously with the new snapshot on every version change."""
@@ -40,7 +39,8 @@ class StatusBoard:
         now = self._clock.now()
         view = self._elector.view(now.mono)
         key = (view.role, view.holder, view.fencing_token)
-        if key != self._key:
+        changed = key != self._key
+        if changed:
             self._key = key
             self.version += 1
         body: Snapshot = {
@@ -58,10 +58,9 @@ class StatusBoard:
             "stale_after_seconds": self._stale_after_s,
             "sidecar_version": __version__,
         }
-        if body["version"] != self._published_version or force_publish:
-            if body["version"] != self._published_version:
-                self._published_version = body["version"]
-                self._wake_waiters()
+        if changed:
+            self._wake_waiters()
+        if changed or force_publish:
             for listener in self._listeners:
                 listener(body)
         return body
