@@ -165,3 +165,15 @@ async def test_client_helpers(pair: list[sidecars.Sidecar]) -> None:
         assert status["is_leader"] and status["fencing_token"] is not None
         await changes.aclose()
     assert client.wait_until_leader(standby.url, timeout_s=2)["identity"] == "api-b"
+
+
+def test_binding_beyond_loopback_is_warned_about(namespace: str, tmp_path: Path) -> None:
+    port = sidecars.free_port()
+    wide = sidecars.start("wide", "wide", namespace, tmp_path, "--http-address", f"0.0.0.0:{port}",
+                          wait_ready=False)
+    try:
+        wide.http_port = port
+        sidecars.wait_for(lambda: '"event": "http_not_loopback"' in wide.logs(), 10, interval=0.05)
+        sidecars.wait_for(lambda: (wide.leader() or {}).get("role") in ("leader", "standby"), 10, interval=0.05)
+    finally:
+        wide.terminate()
