@@ -61,8 +61,9 @@ class ElectionConfig:
     """`--heartbeat-ttl`: a consumer should distrust a role file older than this (published in
     status.json as `stale_after_seconds`)."""
     failover_timeout_s: float = 45.0
-    """`--failover-timeout`: the longest a standby trusts its watch without a fresh read; bounds how
-    late a silently stalled watch can make it notice a released lease."""
+    """`--failover-timeout`: each watch request asks the server to end it after this long, and it
+    is then resumed from the last version seen; a socket silent for longer counts as broken, which
+    bounds how late a silently stalled watch can make a standby notice a released lease."""
     request_timeout_s: float | None = None
     """Per API call. Unset: min(5, renew_deadline - renewal_interval). A leader's renewal is further
     capped by the time it has left."""

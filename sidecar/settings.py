@@ -51,8 +51,8 @@ class RunSettings(BaseSettings):
                                                 "between renewal interval and TTL.")
     heartbeat_interval: float = Field(default=5.0, description="Refresh role files and status this often.")
     heartbeat_ttl: float = Field(default=15.0, description="Consumers distrust role files older than this.")
-    failover_timeout: float = Field(default=45.0, description="Longest a standby trusts its watch without a "
-                                                              "fresh read.")
+    failover_timeout: float = Field(default=45.0, description="Each watch request lasts this long before it "
+                                                              "is resumed; must exceed the TTL.")
     api_timeout: float | None = Field(default=None, description="Timeout of each API call. Default: "
                                       "min(5s, renew deadline - renewal interval).")
     log_level: str = Field(default="info", description="debug, info, warning or error.")
