@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -12,12 +13,14 @@ CLUSTER = ROOT / "deploy" / "local" / "cluster"
 
 
 def run(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(CLUSTER), *args], capture_output=True, text=True, timeout=120,
+    return subprocess.run([sys.executable, str(CLUSTER), *args], capture_output=True, text=True, timeout=120,
                           env={**os.environ, **env})
 
 
 def test_go_missing(tmp_path: Path) -> None:
-    result = run({"LOCAL_CLUSTER_CACHE": str(tmp_path), "PATH": "/usr/bin:/bin"}, "up")
+    empty = tmp_path / "empty-bin"
+    empty.mkdir()  # a PATH with no go on it, wherever go lives on this machine
+    result = run({"LOCAL_CLUSTER_CACHE": str(tmp_path), "PATH": str(empty)}, "up")
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1] == (
         "cluster: error: Go is not installed: `go` is needed to build the control plane")
