@@ -98,6 +98,7 @@ async def run(settings: RunSettings, namespace: str, identity: str, config: Any)
     if not http_api.is_loopback(host):
         log.warning("local API bound beyond loopback: any pod or node that reaches it can read the role",
                     extra={"event": "http_not_loopback", "address": settings.http_address})
+
     def ready() -> bool:
         return board.snapshot()["observed_at"] is not None
 
@@ -118,7 +119,7 @@ async def run(settings: RunSettings, namespace: str, identity: str, config: Any)
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
 
-    log.info("starting", extra={"event": "start", "config": {k: v for k, v in vars(config).items()},
+    log.info("starting", extra={"event": "start", "config": dict(vars(config)),
                                 "http_address": settings.http_address,
                                 "metrics_address": settings.metrics_address})
     exit_code = 0
