@@ -211,7 +211,7 @@ class BeatHeartbeat:
             log.error("API call failed", extra={"event": f"{kind}_failed", "error": str(error) or repr(error)})
 
     def _publish(self) -> None:
-        snapshot = self.board.refresh()
+        snapshot = self.board.snapshot()
         self._arm_deadline_timer()
         role, holder = BeatRole(snapshot["role"]), snapshot["holder"]
         if role is not self._last_role:

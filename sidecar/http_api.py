@@ -36,6 +36,10 @@ def _error(status: int, message: str) -> web.Response:
     return _json({"error": message, "status": status}, status)
 
 
+def _bad_request(message: str) -> web.HTTPBadRequest:
+    return web.HTTPBadRequest(text=json.dumps({"error": message, "status": 400}), content_type="application/json")
+
+
 def _parse_non_negative(request: web.Request, name: str) -> float | None:
     raw = request.query.get(name)
     if raw is None:
@@ -43,11 +47,9 @@ def _parse_non_negative(request: web.Request, name: str) -> float | None:
     try:
         value = float(raw)
     except ValueError:
-        raise web.HTTPBadRequest(text=json.dumps({"error": f"{name}: not a number: {raw[:40]!r}",
-                                                  "status": 400}), content_type="application/json") from None
+        raise _bad_request(f"{name}: not a number: {raw[:40]!r}") from None
     if not math.isfinite(value) or value < 0:
-        raise web.HTTPBadRequest(text=json.dumps({"error": f"{name}: must be a finite number >= 0",
-                                                  "status": 400}), content_type="application/json")
+        raise _bad_request(f"{name}: must be a finite number >= 0")
     return value
 
 

@@ -35,7 +35,8 @@ class StatusBoard:
         self._listeners.append(listener)
 
     def snapshot(self, force_publish: bool = False) -> Snapshot:
-        """Fresh at the moment of the call: a leader past its deadline already reads standby."""
+        """Fresh at the moment of the call: a leader past its deadline already reads standby.
+        Publishes (version bump, waiters, listeners) whenever role, holder or token changed."""
         now = self._clock.now()
         view = self._elector.view(now.mono)
         key = (view.role, view.holder, view.fencing_token)
@@ -64,10 +65,6 @@ class StatusBoard:
             for listener in self._listeners:
                 listener(body)
         return body
-
-    def refresh(self) -> Snapshot:
-        """Called by the driver after every step; publishes if anything changed."""
-        return self.snapshot()
 
     def beat(self) -> Snapshot:
         """A heartbeat: listeners are told even without a change, so files show liveness."""
