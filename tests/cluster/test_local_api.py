@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from sidecar import client
-from sidecar.record import FENCING_ANNOTATION, parse_microtime
+from sidecar.core.record import FENCING_ANNOTATION, parse_microtime
 from tests.cluster import sidecars
 from tests.cluster.kube import get_lease
 

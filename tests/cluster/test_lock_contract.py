@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 from kubernetes_asyncio import client, config
 
-from sidecar.kube_lock import LeaseLockBackend
-from sidecar.lock import Conflict, DistributedLockBackend, Versioned, WatchEvent
-from sidecar.memory_lock import InMemoryLockBackend
-from sidecar.record import LeaseRecord
+from sidecar.core.lock import Conflict, DistributedLockBackend, Versioned, WatchEvent
+from sidecar.core.record import LeaseRecord
+from sidecar.engine.memory_lock import InMemoryLockBackend
+from sidecar.kube.lease_lock import LeaseLockBackend
 from tests.cluster.kube import get_lease, kubectl
 
 T0 = datetime(2026, 5, 1, 12, 0, 0, 123456, tzinfo=UTC)

@@ -19,9 +19,9 @@ import yaml
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from sidecar.config import ElectionConfig
-from sidecar.election import Elector, Moment
-from sidecar.metrics import ElectionMetrics
+from sidecar.core.config import ElectionConfig
+from sidecar.core.election import Elector, Moment
+from sidecar.publish.metrics import ElectionMetrics
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "deploy" / "local"))

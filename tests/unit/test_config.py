@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from sidecar.config import ConfigError, ElectionConfig, parse_duration_s
+from sidecar.core.config import ConfigError, ElectionConfig, parse_duration_s
 
 
 @pytest.mark.parametrize(("text", "seconds"), [("4", 4), ("0.5", 0.5), ("500ms", 0.5), ("5s", 5), ("1m", 60),

@@ -6,10 +6,10 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from sidecar.config import ElectionConfig
-from sidecar.election import BeatRole, Done, Elector, Moment, Read, Wait, Write
-from sidecar.lock import Versioned
-from sidecar.record import LeaseRecord
+from sidecar.core.config import ElectionConfig
+from sidecar.core.election import BeatRole, Done, Elector, Moment, Read, Wait, Write
+from sidecar.core.lock import Versioned
+from sidecar.core.record import LeaseRecord
 
 CONFIG = ElectionConfig(lease_ttl_s=10, renewal_interval_s=2, renew_deadline_s=6, heartbeat_interval_s=1,
                         heartbeat_ttl_s=3, failover_timeout_s=20)

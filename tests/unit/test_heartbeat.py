@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from sidecar.config import ElectionConfig
-from sidecar.election import BeatRole, Elector, Moment
-from sidecar.heartbeat import BeatHeartbeat
-from sidecar.memory_lock import InMemoryLockBackend
-from sidecar.status import StatusBoard
+from sidecar.core.config import ElectionConfig
+from sidecar.core.election import BeatRole, Elector, Moment
+from sidecar.engine.heartbeat import BeatHeartbeat
+from sidecar.engine.memory_lock import InMemoryLockBackend
+from sidecar.engine.status import StatusBoard
 
 CONFIG = ElectionConfig(lease_ttl_s=10, renewal_interval_s=2, renew_deadline_s=6, heartbeat_interval_s=1,
                         heartbeat_ttl_s=3, failover_timeout_s=20)

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta, timezone
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sidecar.record import LeaseRecord, format_microtime, parse_microtime
+from sidecar.core.record import LeaseRecord, format_microtime, parse_microtime
 
 
 def test_microtime_is_utc_with_six_digits() -> None:

@@ -14,9 +14,9 @@ from collections.abc import Callable
 
 from aiohttp import web
 
-from sidecar.openapi import OPENAPI
-from sidecar.settings import split_address
-from sidecar.status import Snapshot, StatusBoard
+from sidecar.core.config import split_address
+from sidecar.engine.status import Snapshot, StatusBoard
+from sidecar.publish.openapi import OPENAPI
 
 log = logging.getLogger("lease_sidecar.http")
 

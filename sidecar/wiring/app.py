@@ -19,17 +19,19 @@ from kubernetes_asyncio.client import ApiClient, Configuration
 from kubernetes_asyncio.config import incluster_config, kube_config
 from prometheus_client import CollectorRegistry
 
-from sidecar import http_api, logs, metrics_http
-from sidecar.clock import SystemClock
-from sidecar.election import Elector
-from sidecar.heartbeat import BeatHeartbeat
-from sidecar.kube_lock import LeaseLockBackend
-from sidecar.metrics import ElectionMetrics
-from sidecar.role_files import RoleFiles
-from sidecar.settings import IN_CLUSTER_DIR, RunSettings, split_address
-from sidecar.status import StatusBoard
+from sidecar.core.clock import SystemClock
+from sidecar.core.config import split_address
+from sidecar.core.election import Elector
+from sidecar.engine.heartbeat import BeatHeartbeat
+from sidecar.engine.status import StatusBoard
+from sidecar.kube.lease_lock import LeaseLockBackend
+from sidecar.publish import http_api, metrics_http
+from sidecar.publish.metrics import ElectionMetrics
+from sidecar.publish.role_files import RoleFiles
+from sidecar.wiring import logs
+from sidecar.wiring.settings import IN_CLUSTER_DIR, RunSettings
 
-log = logging.getLogger("lease_sidecar.app")
+log = logging.getLogger("lease_sidecar.wiring.app")
 
 SHUTDOWN_GRACE_S = 5.0
 """How long the release may take after SIGTERM before the process exits anyway."""

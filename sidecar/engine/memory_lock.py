@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 
-from sidecar.lock import BackendUnavailable, Conflict, Versioned, WatchEvent
-from sidecar.record import LeaseRecord
+from sidecar.core.lock import BackendUnavailable, Conflict, Versioned, WatchEvent
+from sidecar.core.record import LeaseRecord
 
 
 class InMemoryLockBackend:

@@ -12,8 +12,8 @@ from collections.abc import Callable
 from typing import Any
 
 from sidecar import __version__
-from sidecar.clock import Clock, rfc3339, wall_at
-from sidecar.election import BeatRole, Elector
+from sidecar.core.clock import Clock, rfc3339, wall_at
+from sidecar.core.election import BeatRole, Elector
 
 Snapshot = dict[str, Any]
 

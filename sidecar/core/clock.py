@@ -6,7 +6,7 @@ import time
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
-from sidecar.election import Moment
+from sidecar.core.election import Moment
 
 
 class Clock(Protocol):

@@ -22,9 +22,9 @@ from collections import deque
 from dataclasses import dataclass, replace
 from datetime import datetime
 
-from sidecar.config import ElectionConfig
-from sidecar.lock import Versioned
-from sidecar.record import RELEASED_DURATION_S, LeaseRecord
+from sidecar.core.config import ElectionConfig
+from sidecar.core.lock import Versioned
+from sidecar.core.record import RELEASED_DURATION_S, LeaseRecord
 
 
 class BeatRole(enum.StrEnum):

@@ -14,9 +14,9 @@ import os
 import tempfile
 from pathlib import Path
 
-from sidecar.status import Snapshot
+from sidecar.engine.status import Snapshot
 
-log = logging.getLogger("lease_sidecar.role_files")
+log = logging.getLogger("lease_sidecar.publish.role_files")
 
 
 class RoleFiles:

@@ -125,3 +125,12 @@ FLAG_NAMES = {
     "failover_timeout_s": "--failover-timeout",
     "request_timeout_s": "--api-timeout",
 }
+
+
+def split_address(address: str, field_name: str) -> tuple[str, int]:
+    """`host:port` (IPv6 in brackets); ConfigError naming the flag otherwise."""
+    host, _, port = address.rpartition(":")
+    host = host.strip("[]")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(field_name, f"expected host:port, e.g. 127.0.0.1:4040; got {address!r}")
+    return host, int(port)

@@ -13,12 +13,12 @@ import asyncio
 import logging
 from collections.abc import Callable
 
-from sidecar.clock import Clock
-from sidecar.election import BeatRole, Done, Elector, Read, Wait, Write
-from sidecar.lock import BackendUnavailable, Conflict, DistributedLockBackend, LockError, WatchExpired
-from sidecar.status import StatusBoard
+from sidecar.core.clock import Clock
+from sidecar.core.election import BeatRole, Done, Elector, Read, Wait, Write
+from sidecar.core.lock import BackendUnavailable, Conflict, DistributedLockBackend, LockError, WatchExpired
+from sidecar.engine.status import StatusBoard
 
-log = logging.getLogger("lease_sidecar.election")
+log = logging.getLogger("lease_sidecar.core.election")
 
 _WATCH_BACKOFF_START_S = 0.1
 _WATCH_BACKOFF_CAP_S = 5.0

@@ -16,7 +16,7 @@ from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from sidecar import __version__
-from sidecar.config import ConfigError, ElectionConfig, parse_duration_s
+from sidecar.core.config import ConfigError, ElectionConfig, parse_duration_s, split_address
 
 IN_CLUSTER_DIR = Path(os.environ.get("LEASE_SIDECAR_IN_CLUSTER_DIR", "/var/run/secrets/kubernetes.io/serviceaccount"))
 """Where a pod finds its ServiceAccount token, CA and namespace (overridable for tests)."""
@@ -92,15 +92,6 @@ class RunSettings(BaseSettings):
 
     def resolved_identity(self) -> str:
         return self.identity or os.environ.get("POD_NAME") or socket.gethostname()
-
-
-def split_address(address: str, field_name: str) -> tuple[str, int]:
-    """`host:port` (IPv6 in brackets); ConfigError naming the flag otherwise."""
-    host, _, port = address.rpartition(":")
-    host = host.strip("[]")
-    if not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ConfigError(field_name, f"expected host:port, e.g. 127.0.0.1:4040; got {address!r}")
-    return host, int(port)
 
 
 class _OneLineParser(argparse.ArgumentParser):

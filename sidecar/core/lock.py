@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Protocol
 
-from sidecar.record import LeaseRecord
+from sidecar.core.record import LeaseRecord
 
 
 class LockError(Exception):

@@ -13,8 +13,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from sidecar import __version__
-from sidecar.clock import Clock
-from sidecar.election import BeatRole, Elector
+from sidecar.core.clock import Clock
+from sidecar.core.election import BeatRole, Elector
 
 _API_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 

@@ -17,8 +17,8 @@ import aiohttp
 from kubernetes_asyncio.client import ApiClient, CoordinationV1Api
 from kubernetes_asyncio.client.exceptions import ApiException
 
-from sidecar.lock import BackendUnavailable, Conflict, LockError, Versioned, WatchEvent, WatchExpired
-from sidecar.record import FENCING_ANNOTATION, LeaseRecord
+from sidecar.core.lock import BackendUnavailable, Conflict, LockError, Versioned, WatchEvent, WatchExpired
+from sidecar.core.record import FENCING_ANNOTATION, LeaseRecord
 
 RequestObserver = Callable[[str, str, float], None]
 """(verb, result, seconds): for the API request histogram."""

@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import sys
 
-from sidecar.config import ConfigError
-from sidecar.settings import build_parser, load_settings
+from sidecar.core.config import ConfigError
+from sidecar.wiring.settings import build_parser, load_settings
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -22,7 +22,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as error:
         print(f"lease-sidecar: invalid configuration: {error}", file=sys.stderr)
         return 2
-    from sidecar.app import CredentialsError, run  # heavy imports once the configuration is good
+    from sidecar.wiring.app import CredentialsError, run  # heavy imports once the configuration is good
 
     try:
         return asyncio.run(run(settings, namespace, identity, config))
