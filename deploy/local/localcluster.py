@@ -82,6 +82,9 @@ TOOLS = {
     ),
     "kubectl": Tool("kubectl", "kube", "k8s.io/kubernetes/cmd/kubectl", _kube_ldflags()),
     "helm": Tool("helm", "helm", "helm.sh/helm/v3/cmd/helm"),
+    # The node's parts: the same pinned k8s.io/kubernetes module as the apiserver.
+    **{name: Tool(name, "kube", f"k8s.io/kubernetes/cmd/{name}", _kube_ldflags())
+       for name in ("kubelet", "kube-proxy", "kube-controller-manager", "kube-scheduler")},
     "promtool": Tool("promtool", "prometheus", "github.com/prometheus/prometheus/cmd/promtool"),
 }
 CONTROL_PLANE_TOOLS = ("etcd", "kube-apiserver", "kubectl", "helm")
