@@ -189,8 +189,10 @@ class Elector:
             due = self._term.last_renew_started_mono + self.config.renewal_interval_s
             if now.mono < due:
                 return Wait(min(due, self.valid_until_mono))
-            assert self._observed is not None
             left = self.valid_until_mono - now.mono
+            if self._observed is None:  # a term starts from a written record; never renew blind, re-read
+                self._needs_read = True
+                return Read(min(timeout, left))
             record = replace(self._observed.record, renew_time=now.wall,
                              duration_s=int(self.config.lease_ttl_s), holder=self.identity,
                              fencing_token=self._term.fencing_token)

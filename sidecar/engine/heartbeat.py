@@ -202,9 +202,12 @@ class BeatHeartbeat:
                                                        action.timeout_s)
             self.elector.write_succeeded(self.clock.now(), action, started, stored)
         except Conflict as error:
-            assert isinstance(action, Write)
-            self.elector.write_conflicted(self.clock.now(), action)
-            log.info("lost a write race", extra={"event": f"{action.kind}_conflict", "error": str(error)})
+            if isinstance(action, Write):
+                self.elector.write_conflicted(self.clock.now(), action)
+                log.info("lost a write race", extra={"event": f"{action.kind}_conflict", "error": str(error)})
+            else:  # a read cannot conflict: a backend that says it did is treated as a failed call
+                self.elector.call_failed(self.clock.now(), action)
+                log.error("API call failed", extra={"event": "read_failed", "error": str(error)})
         except (BackendUnavailable, LockError, TimeoutError, OSError) as error:
             self.elector.call_failed(self.clock.now(), action)
             kind = action.kind if isinstance(action, Write) else "read"

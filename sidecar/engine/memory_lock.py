@@ -25,13 +25,18 @@ class InMemoryLockBackend:
         if self.unavailable:
             raise BackendUnavailable("in-memory backend marked unavailable")
 
-    async def _store(self, record: LeaseRecord | None) -> Versioned | None:
+    async def _store(self, record: LeaseRecord) -> Versioned:
         self._counter += 1
-        self._current = None if record is None else Versioned(record, str(self._counter))
-        self._history.append(WatchEvent(self._current))
+        stored = Versioned(record, str(self._counter))
+        await self._announce(stored)
+        return stored
+
+    async def _announce(self, current: Versioned | None) -> None:
+        """Make `current` (None: deleted) the record and wake the watchers."""
+        self._current = current
+        self._history.append(WatchEvent(current))
         async with self._changed:
             self._changed.notify_all()
-        return self._current
 
     async def get(self, timeout_s: float) -> Versioned | None:
         self._check()
@@ -41,9 +46,7 @@ class InMemoryLockBackend:
         self._check()
         if self._current is not None:
             raise Conflict(f"{self.key} already exists")
-        stored = await self._store(record)
-        assert stored is not None
-        return stored
+        return await self._store(record)
 
     async def update(self, record: LeaseRecord, expected_version: str, timeout_s: float) -> Versioned:
         self._check()
@@ -51,13 +54,12 @@ class InMemoryLockBackend:
             raise Conflict(f"{self.key} does not exist")
         if self._current.version != expected_version:
             raise Conflict(f"{self.key} is at version {self._current.version}, not {expected_version}")
-        stored = await self._store(record)
-        assert stored is not None
-        return stored
+        return await self._store(record)
 
     async def delete(self) -> None:
         """Test hook: what `kubectl delete lease` does."""
-        await self._store(None)
+        self._counter += 1
+        await self._announce(None)
 
     async def watch(self, idle_timeout_s: float, request_timeout_s: float = 5.0) -> AsyncIterator[WatchEvent]:
         self._check()
