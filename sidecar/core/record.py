@@ -13,6 +13,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 FENCING_ANNOTATION = "lease-sidecar.io/fencing-token"
+SUCCESSOR_ANNOTATION = "lease-sidecar.io/successor"
+"""On a released record: the identity the leader released *to* (see core/succession.py)."""
+HANDOVER_ANNOTATION = "lease-sidecar.io/handover-to"
+"""A request to the holder (`lease-sidecar handover`): release to this identity."""
+MANAGED_ANNOTATIONS = (FENCING_ANNOTATION, SUCCESSOR_ANNOTATION, HANDOVER_ANNOTATION)
+"""Annotations every write sets from the record: absent from the record means removed."""
 RELEASED_DURATION_S = 1  # what client-go writes on release
 
 _MICROTIME = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d{1,9}))?(Z|[+-]\d\d:\d\d)$")
@@ -52,6 +58,14 @@ class LeaseRecord:
     """`leaseTransitions`: incremented whenever the holder changes, as client-go does."""
     fencing_token: int | None = None
     """Our annotation; client-go leaves it alone, so it only ever grows."""
+    successor: str = ""
+    """Our annotation on a release: only this identity may take the lease for a short window."""
+    handover_to: str = ""
+    """Our annotation: someone asked the holder to release to this identity."""
+    preferred_holder: str = ""
+    """`spec.preferredHolder` (kept by the apiserver only with the CoordinatedLeaderElection gate)."""
+    strategy: str = ""
+    """`spec.strategy`, kept as found (client-go's coordinated mode)."""
 
     @property
     def is_free(self) -> bool:
@@ -78,6 +92,10 @@ class LeaseRecord:
             renew_time=parse_microtime(spec.get("renewTime")),
             transitions=_non_negative_int(spec.get("leaseTransitions")),
             fencing_token=_optional_int(annotations.get(FENCING_ANNOTATION)),
+            successor=_text(annotations.get(SUCCESSOR_ANNOTATION)),
+            handover_to=_text(annotations.get(HANDOVER_ANNOTATION)),
+            preferred_holder=_text(spec.get("preferredHolder")),
+            strategy=_text(spec.get("strategy")),
         )
 
     def to_spec(self) -> dict[str, Any]:
@@ -90,14 +108,24 @@ class LeaseRecord:
             spec["acquireTime"] = format_microtime(self.acquire_time)
         if self.renew_time is not None:
             spec["renewTime"] = format_microtime(self.renew_time)
+        if self.preferred_holder:
+            spec["preferredHolder"] = self.preferred_holder
+        if self.strategy:
+            spec["strategy"] = self.strategy
         return spec
 
     def annotations(self) -> dict[str, str]:
-        return {} if self.fencing_token is None else {FENCING_ANNOTATION: str(self.fencing_token)}
+        found = {FENCING_ANNOTATION: "" if self.fencing_token is None else str(self.fencing_token),
+                 SUCCESSOR_ANNOTATION: self.successor, HANDOVER_ANNOTATION: self.handover_to}
+        return {key: value for key, value in found.items() if value}
 
 
 def _non_negative_int(value: object) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+
+
+def _text(value: object) -> str:
+    return value if isinstance(value, str) else ""
 
 
 def _optional_int(value: object) -> int | None:

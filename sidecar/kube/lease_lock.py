@@ -18,7 +18,7 @@ from kubernetes_asyncio.client import ApiClient, CoordinationV1Api
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from sidecar.core.lock import BackendUnavailable, Conflict, LockError, Versioned, WatchEvent, WatchExpired
-from sidecar.core.record import FENCING_ANNOTATION, LeaseRecord
+from sidecar.core.record import MANAGED_ANNOTATIONS, LeaseRecord
 
 RequestObserver = Callable[[str, str, float], None]
 """(verb, result, seconds): for the API request histogram."""
@@ -70,7 +70,8 @@ class LeaseLockBackend:
         metadata = body.setdefault("metadata", {})
         metadata["resourceVersion"] = expected_version
         annotations = metadata.get("annotations") or {}
-        annotations.pop(FENCING_ANNOTATION, None)
+        for key in MANAGED_ANNOTATIONS:
+            annotations.pop(key, None)
         annotations.update(record.annotations())
         metadata["annotations"] = annotations
         try:

@@ -6,6 +6,7 @@ Precedence: flag, then environment, then default. Errors are one line naming the
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import os
 import re
 import socket
@@ -22,6 +23,7 @@ IN_CLUSTER_DIR = Path(os.environ.get("LEASE_SIDECAR_IN_CLUSTER_DIR", "/var/run/s
 """Where a pod finds its ServiceAccount token, CA and namespace (overridable for tests)."""
 
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+_DNS_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 _DURATIONS = ("leader_lease_ttl", "leader_renewal_interval", "leader_renew_deadline", "heartbeat_interval",
               "heartbeat_ttl", "failover_timeout", "api_timeout")
 
@@ -56,6 +58,15 @@ class RunSettings(BaseSettings):
     api_timeout: float | None = Field(default=None, description="Timeout of each API call. Default: "
                                       "min(5s, renew deadline - renewal interval).")
     log_level: str = Field(default="info", description="debug, info, warning or error.")
+    leader_service: str = Field(default="", description="Name of a selector-less Service in the Lease's "
+                                "namespace: the leader writes its EndpointSlice <name>-leader holding only its "
+                                "own pod IP (--pod-ip). Empty disables it.")
+    pod_ip: str = Field(default="", description="This pod's IP for --leader-service. Default: POD_IP "
+                                                "(Downward API status.podIP).")
+    label_pod: bool = Field(default=False, description="Label this pod (POD_NAME) lease-sidecar.io/role="
+                                                       "leader|standby: a hint, stale after a crash.")
+    events: bool = Field(default=False, description="Record events.k8s.io/v1 Events on the Lease (became "
+                                                    "leader, lost, released, hand-over requested), rate-limited.")
 
     @field_validator(*_DURATIONS, mode="before")
     @classmethod
@@ -93,6 +104,9 @@ class RunSettings(BaseSettings):
     def resolved_identity(self) -> str:
         return self.identity or os.environ.get("POD_NAME") or socket.gethostname()
 
+    def resolved_pod_ip(self) -> str:
+        return self.pod_ip or os.environ.get("POD_IP", "")
+
 
 class _OneLineParser(argparse.ArgumentParser):
     """Usage mistakes get one line and exit 2, like every other configuration error."""
@@ -111,7 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
                                           "also an environment variable LEASE_SIDECAR_<FLAG>.")
     for name, field in RunSettings.model_fields.items():
         default = field.default if field.default not in (None, "") else "unset"
-        run.add_argument("--" + name.replace("_", "-"), dest=name, default=None,
+        # A switch works bare (`--events`) or with a value (`--events=false`).
+        switch = {"nargs": "?", "const": "true", "metavar": "BOOL"} if field.annotation is bool else {}
+        run.add_argument("--" + name.replace("_", "-"), dest=name, default=None, **switch,
                          help=f"{field.description} (default: {default}; env LEASE_SIDECAR_{name.upper()})")
     return parser
 
@@ -136,6 +152,28 @@ def load_settings(args: argparse.Namespace) -> tuple[RunSettings, ElectionConfig
                                           f"starting and ending alphanumeric, at most 253 characters); "
                                           f"got {settings.lease_name[:60]!r}")
     split_address(settings.http_address, "--http-address")
+    check_routing(settings)
     if settings.metrics_address:
         split_address(settings.metrics_address, "--metrics-address")
     return settings, settings.election_config()
+
+
+def check_routing(settings: RunSettings) -> None:
+    """--leader-service and --label-pod: what they need, checked before anything starts."""
+    if settings.leader_service:
+        if len(settings.leader_service) > 56 or not _DNS_LABEL.match(settings.leader_service):
+            raise ConfigError("--leader-service", "must be a Service name (lowercase letters, digits and '-', "
+                                                  "starting with a letter, at most 56 characters so that "
+                                                  f"<name>-leader fits); got {settings.leader_service[:60]!r}")
+        pod_ip = settings.resolved_pod_ip()
+        if not pod_ip:
+            raise ConfigError("--pod-ip", "required with --leader-service (or POD_IP from the Downward API "
+                                          "status.podIP)")
+        try:
+            ipaddress.ip_address(pod_ip)
+        except ValueError:
+            raise ConfigError("--pod-ip", f"must be an IP address; got {pod_ip[:60]!r}") from None
+    elif settings.pod_ip:
+        raise ConfigError("--pod-ip", "only used with --leader-service")
+    if settings.label_pod and not os.environ.get("POD_NAME"):
+        raise ConfigError("--label-pod", "needs POD_NAME (Downward API metadata.name): the pod to label")

@@ -1,0 +1,43 @@
+"""One bounded Kubernetes API call with raw JSON, shared by the adapters beyond the Lease."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import aiohttp
+from kubernetes_asyncio.client.exceptions import ApiException
+
+
+class ApiCallFailed(Exception):
+    """Timeout, connection failure, or an HTTP status other than 2xx (`status`, None if no answer)."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+async def call_json(what: str, timeout_s: float, method: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
+    """`method(*args, **kwargs)` of a kubernetes-asyncio API, bounded by `timeout_s` in total."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            response = await method(*args, _preload_content=False, _request_timeout=timeout_s, **kwargs)
+            body = await response.read()
+    except ApiException as error:
+        raise ApiCallFailed(f"{what}: HTTP {error.status}: {error.reason}", error.status) from error
+    except (aiohttp.ClientError, TimeoutError, OSError) as error:
+        raise ApiCallFailed(f"{what}: {error!r}") from error
+    if not 200 <= response.status <= 299:
+        raise ApiCallFailed(f"{what}: HTTP {response.status}: {_message(body)}", response.status)
+    try:
+        return json.loads(body)
+    except ValueError as error:
+        raise ApiCallFailed(f"{what}: unreadable answer") from error
+
+
+def _message(body: bytes) -> str:
+    try:
+        return str(json.loads(body).get("message", ""))[:300]
+    except (ValueError, AttributeError):
+        return body[:300].decode(errors="replace")
