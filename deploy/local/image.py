@@ -113,7 +113,8 @@ def ensure_packages(commands: dict[str, str]) -> None:
         raise ImageError(f"missing {', '.join(missing)} and no apt-get to install them")
     say(f"installing {' '.join(missing)} with apt-get")
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    for argv in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *missing]):
+    install = ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *missing]
+    for argv in (["apt-get", "update", "-qq"], install):
         result = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=BUILD_TIMEOUT_S)
         if result.returncode != 0:
             raise ImageError(f"{' '.join(argv[:2])} failed: {result.stderr.strip()[-500:]}")
@@ -324,7 +325,7 @@ def load(address: str) -> str:
 def default_containerd_address() -> str:
     """The node's containerd socket, from localcluster when it exposes one."""
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    import localcluster  # noqa: PLC0415 - only when loading into a node
+    import localcluster  # only when loading into a node
 
     for name in ("CONTAINERD_SOCKET", "CONTAINERD_ADDRESS"):
         value = getattr(localcluster, name, None)
