@@ -12,6 +12,10 @@ from sidecar.wiring.settings import build_parser, load_settings
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command == "handover":
+        from sidecar.wiring.handover_cli import handover_main
+
+        return handover_main(args)
     if args.command != "run":
         parser.print_help()
         return 2
