@@ -11,12 +11,17 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONDONTWRITEBYTECODE=1
 WORKDIR /src
 RUN python -m venv /opt/lease-sidecar
-# Only what the package build reads (.dockerignore allow-lists the same files).
+# Dependencies first, exactly the hashed lock (`make lock` refreshes it); this layer is reused
+# until the lock changes. Only what the build reads is copied (.dockerignore allow-lists it).
+COPY requirements/runtime.lock ./requirements/
+RUN /opt/lease-sidecar/bin/pip install --no-cache-dir --require-hashes -r requirements/runtime.lock
 COPY pyproject.toml README.md ./
 COPY sidecar/ ./sidecar/
-# pip compiles the bytecode at install time: the runtime root filesystem is read-only.
-RUN /opt/lease-sidecar/bin/pip install --no-cache-dir . \
-    && /opt/lease-sidecar/bin/pip uninstall --yes pip \
+# The package brings no unlocked dependency (--no-deps) and builds with the locked setuptools. The
+# bytecode for PYTHONOPTIMIZE=2 is compiled here: the runtime root filesystem is read-only.
+RUN /opt/lease-sidecar/bin/pip install --no-cache-dir --no-deps --no-build-isolation . \
+    && /opt/lease-sidecar/bin/pip uninstall --yes pip setuptools \
+    && /opt/lease-sidecar/bin/python -m compileall -q -o 2 /opt/lease-sidecar/lib \
     && /opt/lease-sidecar/bin/lease-sidecar --version
 
 FROM python:3.12-slim-trixie
@@ -32,8 +37,11 @@ LABEL org.opencontainers.image.title="lease-sidecar" \
       org.opencontainers.image.source="${SOURCE}" \
       org.opencontainers.image.licenses="Apache-2.0" \
       org.opencontainers.image.base.name="docker.io/library/python:3.12-slim-trixie"
+# PYTHONOPTIMIZE=2 drops docstrings and asserts (about 15 MiB less resident memory); no behaviour
+# of the sidecar rests on an assert, and its unit tests also run so (make unit-optimized).
 ENV PATH=/opt/lease-sidecar/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONOPTIMIZE=2 \
     PYTHONUNBUFFERED=1
 COPY --from=builder /opt/lease-sidecar /opt/lease-sidecar
 # A numeric user, so Kubernetes can verify runAsNonRoot without an /etc/passwd entry.

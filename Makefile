@@ -1,20 +1,49 @@
 # The two README commands: `make demo` and `make test`. Each installs what it needs by itself.
 SHELL := /bin/bash
 PYTHON ?= python3
-VENV := .venv
+VERSION_OF := import sys; print(*sys.version_info[:2], sep=".")
+PYTHON_VERSION := $(shell $(PYTHON) -c '$(VERSION_OF)' 2>/dev/null)
+# One virtual environment per interpreter: .venv for the default, .venv-3.13 for PYTHON=python3.13.
+VENV ?= $(if $(filter python3,$(PYTHON)),.venv,.venv-$(PYTHON_VERSION))
 PY := $(VENV)/bin/python
+UV := $(VENV)/bin/uv
 CLUSTER := deploy/local/cluster
 BENCH_RUNS ?= 5
+# The interpreters besides the default that `make test` runs the unit tests and an election on.
+OTHER_PYTHONS ?= 3.12 3.13
+# pyenv's newest X.Y.*, else pythonX.Y on PATH.
+python_for = $(or $(lastword $(sort $(wildcard $(HOME)/.pyenv/versions/$(1).*/bin/python$(1)))),python$(1))
 
-.PHONY: venv cluster demo test unit lint bench down clean
+.PHONY: venv lock cluster demo test unit unit-optimized test-pythons python-subset lint bench down clean
 
-$(VENV)/.installed: pyproject.toml
-	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test,bench]'
+# Installs come only from the hashed lock files in requirements/ (`make lock` refreshes them):
+# uv.lock pins the installer, dev.lock the package's dependencies with every extra, runtime.lock
+# what the image installs. A venv built by another interpreter version is rebuilt.
+$(VENV)/.python-$(PYTHON_VERSION):
+	@test -n "$(PYTHON_VERSION)" || { echo "make: PYTHON=$(PYTHON) does not run" >&2; exit 2; }
+	@if [ "$$($(PY) -c '$(VERSION_OF)' 2>/dev/null)" != "$(PYTHON_VERSION)" ]; then \
+		rm -rf $(VENV) && $(PYTHON) -m venv $(VENV); fi
+	@touch $@
+
+$(UV): $(VENV)/.python-$(PYTHON_VERSION) requirements/uv.lock
+	$(PY) -m pip install -q --disable-pip-version-check --require-hashes -r requirements/uv.lock
+	@touch $@
+
+$(VENV)/.installed: $(UV) pyproject.toml requirements/dev.lock
+	$(UV) pip install -q --python $(PY) --require-hashes -r requirements/dev.lock
+	$(UV) pip install -q --python $(PY) --no-deps --no-build-isolation -e .
 	@touch $@
 
 venv: $(VENV)/.installed
+
+# Keeps every pin that still fits pyproject.toml; `make lock UPGRADE=1` moves all to the newest.
+LOCK_FLAGS = --quiet --universal --python-version 3.11 --generate-hashes --custom-compile-command "make lock" \
+	$(if $(UPGRADE),--upgrade)
+BUILD_REQUIRES = $(PY) -c 'import tomllib; print(*tomllib.load(open("pyproject.toml", "rb"))["build-system"]["requires"], sep="\n")'
+lock: $(UV)
+	echo uv | $(UV) pip compile $(LOCK_FLAGS) - -o requirements/uv.lock
+	$(BUILD_REQUIRES) | $(UV) pip compile $(LOCK_FLAGS) pyproject.toml - -o requirements/runtime.lock
+	$(BUILD_REQUIRES) | $(UV) pip compile $(LOCK_FLAGS) --all-extras pyproject.toml - -o requirements/dev.lock
 
 cluster:
 	$(CLUSTER) up
@@ -29,8 +58,24 @@ lint: venv
 unit: venv
 	$(PY) -m pytest tests/unit -q
 
+# The image runs with PYTHONOPTIMIZE=2 (asserts and docstrings stripped): the unit tests run so
+# too. pytest rewrites the tests' own asserts into checks, so they still fail when they should.
+unit-optimized: venv
+	PYTHONOPTIMIZE=2 $(PY) -m pytest tests/unit -q -p no:cacheprovider \
+		-W "ignore:assertions not in test modules:pytest.PytestConfigWarning"
+
+# The whole suite runs on the default interpreter; on each of OTHER_PYTHONS, the unit tests and
+# elections on the real control plane. A missing interpreter fails.
+test-pythons: cluster
+	$(foreach version,$(OTHER_PYTHONS),$(MAKE) --no-print-directory python-subset PYTHON=$(call python_for,$(version)) &&) true
+
+python-subset: venv
+	$(PY) -m pytest tests/unit -q
+	$(PY) -m pytest tests/cluster/test_election.py -q -k "sigkill_fails_over or sigterm_hands_over"
+
 test: venv cluster lint
 	$(PY) -m pytest tests -q
+	$(MAKE) --no-print-directory unit-optimized test-pythons
 
 # wrk is the throughput load generator; without it (no root, no apt) a Python fallback is used.
 bench: venv cluster
@@ -42,4 +87,4 @@ down:
 	$(CLUSTER) down
 
 clean: down
-	rm -rf $(VENV)
+	rm -rf .venv .venv-*
