@@ -11,6 +11,9 @@ Fail safe: any error (sidecar down, timeout, garbage) reads as "not leader". Two
     if client.is_leader(): ...
     for status in client.changes(): ...
 
+    client.heartbeat(schedule_count=12, next_due_task="cleanup")   # the app is alive (never raises)
+    client.resign()                                   # give leadership up now, e.g. on SIGTERM
+
 Self-fencing: a leader should stop its singleton work at `status["valid_until"]` unless a newer
 status arrives first, and pass `status["fencing_token"]` to storage that can reject stale writers.
 """
@@ -21,7 +24,7 @@ import json
 import time
 import urllib.error
 import urllib.request
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 DEFAULT_URL = "http://127.0.0.1:4040"
@@ -73,6 +76,40 @@ class LeaderClient:
     async def is_leader(self) -> bool:
         status = await self.status()
         return bool(status and status.get("is_leader") is True)
+
+    async def heartbeat(self, schedule_count: int | None = None, next_due_task: str | None = None,
+                        detail: dict[str, Any] | None = None) -> Status | None:
+        """POST /heartbeat: this app is alive (and what it is doing). Never raises: returns the
+        /leader JSON, or None if the sidecar could not be told."""
+        return await self._post("/heartbeat", _heartbeat_body(schedule_count, next_due_task, detail))
+
+    async def resign(self, sit_out_s: float | None = None) -> Status | None:
+        """POST /leader/resign: give leadership up now (e.g. first thing in a SIGTERM handler).
+        Never raises: the /leader JSON (standby), or None if the sidecar could not be told."""
+        return await self._post("/leader/resign" + _sit_out_query(sit_out_s), None)
+
+    async def heartbeats(self, interval_s: float = 1.0,
+                         info: Callable[[], dict[str, Any] | None] | None = None) -> None:
+        """Heartbeat every `interval_s` until cancelled: `asyncio.create_task(leader.heartbeats())`.
+        `info()` (optional) returns the keyword arguments of `heartbeat` for each beat. Run it
+        from the task that does the work, so a hung app stops heartbeating."""
+        import asyncio
+
+        while True:
+            await self.heartbeat(**(_call_info(info)))
+            await asyncio.sleep(interval_s)
+
+    async def _post(self, path: str, body: dict[str, Any] | None) -> Status | None:
+        if self._session is None:
+            self._session = self._aiohttp.ClientSession()
+        timeout = self._aiohttp.ClientTimeout(total=self.request_timeout_s)
+        try:
+            async with self._session.post(f"{self.base_url}{path}", json=body, timeout=timeout) as resp:
+                if resp.status != 200:
+                    return None
+                return await resp.json()
+        except (self._aiohttp.ClientError, TimeoutError, ValueError):
+            return None
 
     async def changes(self, wait_s: float = LONG_POLL_S) -> AsyncIterator[Status]:
         """Yields the current status, then each change (long-poll; no busy polling)."""
@@ -142,3 +179,87 @@ def wait_until_leader(base_url: str = DEFAULT_URL, timeout_s: float | None = Non
         if deadline is not None and time.monotonic() >= deadline:
             break
     raise TimeoutError(f"not leader within {timeout_s}s")
+
+
+def heartbeat(base_url: str = DEFAULT_URL, schedule_count: int | None = None, next_due_task: str | None = None,
+              detail: dict[str, Any] | None = None, request_timeout_s: float = 2.0) -> Status | None:
+    """POST /heartbeat. Never raises: the /leader JSON, or None if the sidecar could not be told."""
+    return _post(base_url, "/heartbeat", _heartbeat_body(schedule_count, next_due_task, detail), request_timeout_s)
+
+
+def resign(base_url: str = DEFAULT_URL, sit_out_s: float | None = None,
+           request_timeout_s: float = 2.0) -> Status | None:
+    """POST /leader/resign. Never raises: the /leader JSON (standby), or None."""
+    return _post(base_url, "/leader/resign" + _sit_out_query(sit_out_s), None, request_timeout_s)
+
+
+class Heartbeats:
+    """The background form: a daemon thread that heartbeats every `interval_s` until `stop()`.
+
+        beats = client.Heartbeats(info=lambda: {"schedule_count": len(jobs)}).start()
+        ...
+        beats.stop()
+
+    A thread beats even while the app's own work is stuck; if that matters, call `heartbeat()`
+    from the work loop itself instead (or have `info` raise when the work is stuck: a beat is
+    skipped whenever `info` raises).
+    """
+
+    def __init__(self, base_url: str = DEFAULT_URL, interval_s: float = 1.0,
+                 info: Callable[[], dict[str, Any] | None] | None = None) -> None:
+        import threading
+
+        self.base_url = base_url
+        self.interval_s = interval_s
+        self.info = info
+        self.last: Status | None = None
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="lease-sidecar-heartbeats", daemon=True)
+
+    def start(self) -> Heartbeats:
+        self._thread.start()
+        return self
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        self._stopped.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout_s)
+
+    def _run(self) -> None:
+        while not self._stopped.is_set():
+            try:
+                self.last = heartbeat(self.base_url, **_call_info(self.info))
+            except Exception:  # the app's info hook failed: skip this beat, never the thread
+                self.last = None
+            self._stopped.wait(self.interval_s)
+
+
+def _call_info(info: Callable[[], dict[str, Any] | None] | None) -> dict[str, Any]:
+    return dict(info() or {}) if info is not None else {}
+
+
+def _heartbeat_body(schedule_count: int | None, next_due_task: str | None,
+                    detail: dict[str, Any] | None) -> dict[str, Any] | None:
+    body: dict[str, Any] = {}
+    if schedule_count is not None:
+        body["schedule_count"] = schedule_count
+    if next_due_task is not None:
+        body["next_due_task"] = next_due_task
+    if detail is not None:
+        body["detail"] = detail
+    return body or None
+
+
+def _sit_out_query(sit_out_s: float | None) -> str:
+    return "" if sit_out_s is None else f"?sit_out={sit_out_s:g}"
+
+
+def _post(base_url: str, path: str, body: dict[str, Any] | None, request_timeout_s: float) -> Status | None:
+    data = json.dumps(body).encode() if body is not None else b""
+    request = urllib.request.Request(f"{base_url.rstrip('/')}{path}", data=data, method="POST",
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=request_timeout_s) as resp:
+            return json.loads(resp.read())
+    except (OSError, ValueError, urllib.error.URLError):
+        return None

@@ -36,6 +36,9 @@ class BeatHeartbeat:
         self._on_watch_restart = on_watch_restart or (lambda: None)
         self._last_role = BeatRole.UNKNOWN
         self._last_holder: str | None = None
+        self._last_token: int | None = None
+        """The token of the term last published as leader: a step-down reports that term's end."""
+        self._last_fence: tuple[float, str] | None = None
         self._electing = False
         self._watching = False
         self._deadline_timer: asyncio.TimerHandle | None = None
@@ -77,11 +80,15 @@ class BeatHeartbeat:
     async def shutdown(self) -> None:
         """Release if leading; standby is published before the release is sent. When `elect` is
         running it performs the release and returns; otherwise this does it."""
-        self.elector.close()
+        self.elector.close(self.clock.now())
         self._publish()  # standby now, before any release is sent
         self._wake.set()
         if not self._electing:
             await self.elect()
+
+    def wake(self) -> None:
+        """Decide again now: an app heartbeat or a resign may have changed what the Elector wants."""
+        self._wake.set()
 
     @property
     def role(self) -> BeatRole:
@@ -105,6 +112,7 @@ class BeatHeartbeat:
             if isinstance(action, Done):
                 return
             if isinstance(action, Wait):
+                self._log_fence(action)
                 await self._sleep_until(action.until_mono)
                 continue
             await self._perform(action)
@@ -213,6 +221,16 @@ class BeatHeartbeat:
             kind = action.kind if isinstance(action, Write) else "read"
             log.error("API call failed", extra={"event": f"{kind}_failed", "error": str(error) or repr(error)})
 
+    def _log_fence(self, action: Wait) -> None:
+        """Say once why a standby holds back from a free or absent lease (rules F1-F3)."""
+        fence = (action.until_mono, action.reason)
+        if not action.reason or fence == self._last_fence or action.reason.startswith("held by"):
+            return
+        self._last_fence = fence
+        log.info("waiting before taking the lease", extra={
+            "event": "fence", "reason": action.reason,
+            "wait_s": round(max(0.0, action.until_mono - self.clock.now().mono), 3)})
+
     def _publish(self) -> None:
         snapshot = self.board.snapshot()
         self._arm_deadline_timer()
@@ -221,10 +239,16 @@ class BeatHeartbeat:
             extra = {"event": "role_changed", "from_role": str(self._last_role), "to_role": str(role),
                      "holder": holder, "term": snapshot["fencing_token"]}
             if role is not BeatRole.LEADER and self._last_role is BeatRole.LEADER:
-                extra["reason"] = self.elector.last_loss_reason or "released"
+                # The reason comes with the term it ended, so an earlier term's cannot leak in.
+                end = self.elector.view(self.clock.now().mono).term_end
+                extra["term"] = self._last_token
+                extra["reason"] = end.reason if end is not None and end.fencing_token == self._last_token \
+                    else "unknown"
             log.warning("role changed", extra=extra) if self._last_role is BeatRole.LEADER else log.info(
                 "role changed", extra=extra)
             self._last_role = role
         elif holder != self._last_holder:
             log.info("holder changed", extra={"event": "holder_changed", "holder": holder})
         self._last_holder = holder
+        if role is BeatRole.LEADER:
+            self._last_token = snapshot["fencing_token"]

@@ -13,14 +13,17 @@ from typing import Any
 
 from sidecar import __version__
 from sidecar.core.clock import Clock, rfc3339, wall_at
-from sidecar.core.election import BeatRole, Elector
+from sidecar.core.election import BeatRole, Elector, Moment
+from sidecar.core.liveness import AppLiveness
 
 Snapshot = dict[str, Any]
 
 
 class StatusBoard:
-    def __init__(self, elector: Elector, clock: Clock, lease: str, stale_after_s: float) -> None:
+    def __init__(self, elector: Elector, clock: Clock, lease: str, stale_after_s: float,
+                 app: AppLiveness | None = None) -> None:
         self._elector = elector
+        self._app = app or AppLiveness()
         self._clock = clock
         self.lease = lease
         self._stale_after_s = stale_after_s
@@ -58,6 +61,7 @@ class StatusBoard:
             "heartbeat_at": self.last_heartbeat_at,
             "stale_after_seconds": self._stale_after_s,
             "sidecar_version": __version__,
+            "app": self._app_section(now),
         }
         if changed:
             self._wake_waiters()
@@ -65,6 +69,20 @@ class StatusBoard:
             for listener in self._listeners:
                 listener(body)
         return body
+
+    def _app_section(self, now: Moment) -> dict[str, Any]:
+        app = self._app.view(now.mono)
+        since = app.since_last_heartbeat_s
+        return {
+            "required": app.required,
+            "ttl_seconds": app.ttl_s,
+            "last_heartbeat_at": rfc3339(app.last_heartbeat_wall),
+            "since_last_heartbeat_seconds": None if since is None else round(since, 3),
+            "alive": app.alive,
+            "info": app.info,
+            "heartbeats": app.heartbeats,
+            "sit_out_until": rfc3339(wall_at(now, app.sit_out_until_mono)) if app.sit_out_until_mono else None,
+        }
 
     def beat(self) -> Snapshot:
         """A heartbeat: listeners are told even without a change, so files show liveness."""

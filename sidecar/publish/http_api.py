@@ -1,7 +1,8 @@
 """The local API the main container reads its role from (default 127.0.0.1:4040).
 
 Every response is computed from the election at request time, so a leader past its renew
-deadline already answers standby even if no loop has run since. Request bodies are never read.
+deadline already answers standby even if no loop has run since. Only POST /heartbeat reads a
+body (app_api.py), bounded by `client_max_size`.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from aiohttp import web
 
 from sidecar.core.config import split_address
 from sidecar.engine.status import Snapshot, StatusBoard
+from sidecar.publish import app_api
 from sidecar.publish.openapi import OPENAPI
 
 log = logging.getLogger("lease_sidecar.http")
@@ -53,14 +55,23 @@ def _parse_non_negative(request: web.Request, name: str) -> float | None:
     return value
 
 
+def _parse_version(request: web.Request, name: str) -> int | None:
+    """A version is a whole number: `since=0.5` is refused, as /openapi.json says."""
+    raw = request.query.get(name)
+    if raw is None:
+        return None
+    if not raw.isascii() or not raw.isdigit():
+        raise _bad_request(f"{name}: not a whole number >= 0: {raw[:40]!r}")
+    return int(raw)
+
+
 async def get_leader(request: web.Request) -> web.Response:
     board = request.app[BOARD]
     wait = _parse_non_negative(request, "wait")
-    since = _parse_non_negative(request, "since")
+    since = _parse_version(request, "since")
     if wait is None or wait == 0:
         return _json(board.snapshot())
-    since_version = int(since) if since is not None else None
-    return _json(await board.wait_for_change(since_version, min(wait, MAX_WAIT_S)))
+    return _json(await board.wait_for_change(since, min(wait, MAX_WAIT_S)))
 
 
 async def get_leader_events(request: web.Request) -> web.StreamResponse:
@@ -112,8 +123,11 @@ async def json_errors(request: web.Request, handler: Callable) -> web.StreamResp
     try:
         return await handler(request)
     except web.HTTPMethodNotAllowed as error:
-        return _json({"error": f"method {request.method} not allowed", "status": 405,
-                      "allowed": sorted(error.allowed_methods)}, 405)
+        allowed = sorted(error.allowed_methods)
+        response = _json({"error": f"method {request.method[:20]} not allowed", "status": 405,
+                          "allowed": allowed}, 405)
+        response.headers["Allow"] = ", ".join(allowed)  # RFC 9110: a 405 names what is allowed
+        return response
     except web.HTTPNotFound:
         return _error(404, f"no such path: {request.path[:100]}")
     except web.HTTPException as error:
@@ -125,15 +139,18 @@ async def json_errors(request: web.Request, handler: Callable) -> web.StreamResp
         return _error(500, "internal error")
 
 
-def build_app(board: StatusBoard, alive: Callable[[], bool]) -> web.Application:
-    # Bodies are never read; anything larger than this is refused before a handler runs.
-    app = web.Application(middlewares=[json_errors], client_max_size=1024)
+def build_app(board: StatusBoard, alive: Callable[[], bool],
+              controls: app_api.AppControls | None = None) -> web.Application:
+    # Only POST /heartbeat reads a body; anything larger than this is refused (413).
+    app = web.Application(middlewares=[json_errors], client_max_size=app_api.MAX_BODY_BYTES)
     app[BOARD] = board
     app[ALIVE] = alive
     for path, handler in (("/leader", get_leader), ("/leader/events", get_leader_events),
                           ("/is-leader", get_is_leader), ("/", get_root), ("/healthz", get_healthz),
                           ("/readyz", get_readyz), ("/openapi.json", get_openapi)):
         app.router.add_get(path, handler, allow_head=True)
+    if controls is not None:
+        app_api.add_routes(app, controls)
     return app
 
 

@@ -6,6 +6,7 @@ that the local API would not: both evaluate the renew deadline at the moment of 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, Info
@@ -15,6 +16,8 @@ from prometheus_client.registry import Collector
 from sidecar import __version__
 from sidecar.core.clock import Clock
 from sidecar.core.election import BeatRole, Elector
+from sidecar.core.liveness import AppLiveness
+from sidecar.core.members import MemberTable
 
 _API_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -64,6 +67,42 @@ class _ElectionCollector(Collector):
         yield master
 
 
+class _AppCollector(Collector):
+    """The app's liveness and, with --members, the members by state; read at scrape time."""
+
+    def __init__(self, app: AppLiveness, members: MemberTable | None, clock: Clock, namespace: str,
+                 name: str) -> None:
+        self._app = app
+        self._members = members
+        self._clock = clock
+        self._labels = [namespace, name]
+
+    def collect(self) -> Iterator[Metric]:
+        now = self._clock.now().mono
+        view = self._app.view(now)
+        since = GaugeMetricFamily("lease_sidecar_app_heartbeat_age_seconds",
+                                  "Seconds since the app's last heartbeat (POST /heartbeat or a passing health "
+                                  "probe); +Inf before the first.", labels=["namespace", "name"])
+        since.add_metric(self._labels, math.inf if view.since_last_heartbeat_s is None
+                         else view.since_last_heartbeat_s)
+        yield since
+        beats = CounterMetricFamily("lease_sidecar_app_heartbeats", "App heartbeats received.",
+                                    labels=["namespace", "name"])
+        beats.add_metric(self._labels, view.heartbeats)
+        yield beats
+        alive = GaugeMetricFamily("lease_sidecar_app_alive", "1 if the app heartbeated within "
+                                  "--app-heartbeat-ttl (always 1 when the TTL is unset).", labels=["namespace", "name"])
+        alive.add_metric(self._labels, 0 if view.alive is False else 1)
+        yield alive
+        if self._members is not None:
+            members = GaugeMetricFamily("lease_sidecar_members", "Members of this election by state, as this "
+                                        "sidecar observes their records: alive ones by role, and stale.",
+                                        labels=["namespace", "name", "state"])
+            for state, count in self._members.counts(now).items():
+                members.add_metric([*self._labels, state], count)
+            yield members
+
+
 class ElectionMetrics:
     def __init__(self, registry: CollectorRegistry, elector: Elector, clock: Clock,
                  namespace: str, name: str, identity: str) -> None:
@@ -79,6 +118,11 @@ class ElectionMetrics:
         Info("lease_sidecar", "Build and identity of this sidecar.", registry=registry).info(
             {"version": __version__, "identity": identity, "namespace": namespace, "lease": name})
         registry.register(_ElectionCollector(elector, clock, namespace, name))
+        self._clock, self._namespace, self._name = clock, namespace, name
+
+    def watch_app(self, app: AppLiveness, members: MemberTable | None = None) -> None:
+        """Adds the app's liveness (and the members view) to the scrape."""
+        self.registry.register(_AppCollector(app, members, self._clock, self._namespace, self._name))
 
     def observe_request(self, verb: str, result: str, seconds: float) -> None:
         self.api_duration.labels(verb=verb, result=result, **self._labels).observe(seconds)

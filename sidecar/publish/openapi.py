@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from sidecar import __version__
+from sidecar.publish import app_api
 
 _TIME = {"type": ["string", "null"], "format": "date-time"}
 _LEADER = {
@@ -27,6 +28,58 @@ _LEADER = {
         "heartbeat_at": _TIME,
         "stale_after_seconds": {"type": "number"},
         "sidecar_version": {"type": "string"},
+        "app": {"$ref": "#/components/schemas/App"},
+    },
+}
+_APP = {
+    "type": "object",
+    "description": "The app as its sidecar sees it (POST /heartbeat, or --app-health-url probes).",
+    "required": ["required", "ttl_seconds", "last_heartbeat_at", "since_last_heartbeat_seconds", "alive", "info",
+                 "heartbeats", "sit_out_until"],
+    "properties": {
+        "required": {"type": "boolean", "description": "--app-heartbeat-ttl is set: leading needs a live app."},
+        "ttl_seconds": {"type": ["number", "null"]},
+        "last_heartbeat_at": _TIME,
+        "since_last_heartbeat_seconds": {"type": ["number", "null"]},
+        "alive": {"type": ["boolean", "null"], "description": "null without --app-heartbeat-ttl."},
+        "info": {"$ref": "#/components/schemas/HeartbeatInfo"},
+        "heartbeats": {"type": "integer", "minimum": 0},
+        "sit_out_until": {**_TIME, "description": "Set while sitting out a resign."},
+    },
+}
+_SCALAR = {"type": ["string", "number", "boolean", "null"], "maxLength": app_api.MAX_DETAIL_STRING_CHARS}
+_HEARTBEAT_INFO = {
+    "type": "object",
+    "additionalProperties": False,
+    "description": "The seed's update_info(schedule_count, next_due_task), plus free-form flat detail.",
+    "properties": {
+        "schedule_count": {"type": "integer", "minimum": 0, "maximum": app_api.MAX_SCHEDULE_COUNT},
+        "next_due_task": {"type": ["string", "null"], "maxLength": app_api.MAX_TASK_CHARS},
+        "detail": {"type": "object", "maxProperties": app_api.MAX_DETAIL_PROPERTIES,
+                   "propertyNames": {"maxLength": app_api.MAX_DETAIL_KEY_CHARS},
+                   "additionalProperties": _SCALAR},
+    },
+}
+_MEMBER = {
+    "type": "object",
+    "required": ["identity", "role", "alive", "info", "app_heartbeat_at", "observed_at"],
+    "properties": {
+        "identity": {"type": "string"},
+        "role": {"type": "string", "enum": ["leader", "standby", "unknown"]},
+        "alive": {"type": "boolean", "description": "Its record changed less than its duration ago, as this "
+                                                    "sidecar observed it (clocks are never compared)."},
+        "info": {"type": "object"},
+        "app_heartbeat_at": _TIME,
+        "observed_at": _TIME,
+    },
+}
+_MEMBERS = {
+    "type": "object",
+    "required": ["enabled", "members", "counts"],
+    "properties": {
+        "enabled": {"type": "boolean", "description": "--members is set."},
+        "members": {"type": "array", "items": _MEMBER},
+        "counts": {"type": "object", "additionalProperties": {"type": "integer"}},
     },
 }
 _ERROR = {"type": "object", "required": ["error", "status"],
@@ -57,6 +110,18 @@ OPENAPI: dict[str, Any] = {
             "responses": {"200": {"description": "event stream",
                                   "content": {"text/event-stream": {"schema": {"type": "string"}}}}},
         }},
+        "/leader/handover": {"post": {
+            "summary": "Hand leadership over to a named candidate: the leader publishes standby, then releases "
+                       "the lease naming `to` as its successor; only `to` may take it for 2 s, then anyone.",
+            "parameters": [{"name": "to", "in": "query", "required": True,
+                            "schema": {"type": "string", "minLength": 1, "maxLength": 253, "pattern": r"^\S+$"},
+                            "description": "The successor's identity (holderIdentity; the pod name with the chart)."}],
+            "responses": {"202": _json({"type": "object", "required": ["handover_to", "status"],
+                                        "properties": {"handover_to": {"type": "string"}, "status": _LEADER}},
+                                       "Taken: standby now, the release follows at once"),
+                          "400": _json(_ERROR, "Missing or malformed `to`"),
+                          "409": _json(_ERROR, "This candidate is not the leader")},
+        }},
         "/is-leader": {"get": {
             "summary": "200 true when leader, 503 false otherwise.",
             "responses": {"200": _json({"type": "boolean"}, "leader"),
@@ -75,5 +140,28 @@ OPENAPI: dict[str, Any] = {
                                           "503": _json({"type": "object"}, "not yet")}}},
         "/openapi.json": {"get": {"summary": "This document.",
                                   "responses": {"200": _json({"type": "object"}, "OpenAPI")}}},
+        "/heartbeat": {"post": {
+            "summary": "The app is alive (and, optionally, what it is doing). Answers the /leader JSON.",
+            "requestBody": {"required": False, "content": {"application/json": {
+                "schema": {"$ref": "#/components/schemas/HeartbeatInfo"}}}},
+            "responses": {"200": _json(_LEADER, "Recorded; the current view"),
+                          "400": _json(_ERROR, "Not JSON, or breaks the schema"),
+                          "413": _json(_ERROR, f"Body over {app_api.MAX_BODY_BYTES} bytes")},
+        }},
+        "/leader/resign": {"post": {
+            "summary": "Give leadership up now: standby is published, the lease released, and this candidate "
+                       "sits out `sit_out` seconds and, with --app-heartbeat-ttl, until the app's next "
+                       "heartbeat after that.",
+            "parameters": [{"name": "sit_out", "in": "query", "required": False,
+                            "schema": {"type": "number", "minimum": 0, "maximum": app_api.MAX_SIT_OUT_S},
+                            "description": "Seconds (default: --heartbeat-interval)."}],
+            "responses": {"200": _json(_LEADER, "Standby now; the release follows at once"),
+                          "400": _json(_ERROR, "Bad parameter")},
+        }},
+        "/members": {"get": {
+            "summary": "Every candidate of this election (--members), as this sidecar observes them.",
+            "responses": {"200": _json(_MEMBERS, "Members")},
+        }},
     },
+    "components": {"schemas": {"App": _APP, "HeartbeatInfo": _HEARTBEAT_INFO}},
 }

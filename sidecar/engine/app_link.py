@@ -1,0 +1,77 @@
+"""The app's link to the election: heartbeats, resigns and health probes, fed to the core.
+
+A thin shell around `core.liveness.AppLiveness` (every rule lives there and in the Elector): it
+stamps each observation with the clock, publishes, and wakes the elect loop so that a standby
+whose app just came alive campaigns at once and a resigning leader releases at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+import aiohttp
+
+from sidecar.core.clock import Clock
+from sidecar.core.liveness import AppInfo, AppLiveness
+from sidecar.engine.status import Snapshot, StatusBoard
+
+log = logging.getLogger("lease_sidecar.engine.app_link")
+
+PROBE_TIMEOUT_CAP_S = 2.0
+"""A health probe's timeout: at most this, and never longer than the heartbeat interval."""
+
+
+class AppLink:
+    def __init__(self, liveness: AppLiveness, board: StatusBoard, clock: Clock, wake: Callable[[], None],
+                 default_sit_out_s: float) -> None:
+        self.liveness = liveness
+        self.board = board
+        self.clock = clock
+        self._wake = wake
+        self.default_sit_out_s = default_sit_out_s
+        self._probe_failing = False
+
+    def heartbeat(self, info: AppInfo | None = None) -> Snapshot:
+        now = self.clock.now()
+        self.liveness.beat(now.mono, now.wall, info)
+        self._wake()
+        return self.board.snapshot()
+
+    def resign(self, sit_out_s: float | None = None) -> Snapshot:
+        """Standby from this moment (the view consults the gate); the elect loop, woken, releases."""
+        now = self.clock.now()
+        sit_out = self.default_sit_out_s if sit_out_s is None else sit_out_s
+        leading = self.board.snapshot()["is_leader"]
+        self.liveness.resign(now.mono, sit_out)
+        snapshot = self.board.snapshot()  # publishes standby before the loop can send the release
+        self._wake()
+        log.warning("resigned" if leading else "resign asked while not leading; sitting out",
+                    extra={"event": "resign", "was_leader": leading, "sit_out_s": sit_out})
+        return snapshot
+
+    async def probe_forever(self, url: str, interval_s: float) -> None:
+        """GET `url` every `interval_s`; a 2xx answer within the timeout counts as a heartbeat."""
+        timeout = aiohttp.ClientTimeout(total=min(PROBE_TIMEOUT_CAP_S, interval_s))
+        async with aiohttp.ClientSession(timeout=timeout) as session:
+            while True:
+                ok, error = await self._probe(session, url)
+                now = self.clock.now()
+                self.liveness.probe(now.mono, now.wall, ok)
+                if ok:
+                    self._wake()
+                if ok == self._probe_failing:  # log transitions only
+                    self._probe_failing = not ok
+                    log.warning("app health probe failing" if not ok else "app health probe passing",
+                                extra={"event": "app_probe", "ok": ok, "error": error})
+                await asyncio.sleep(interval_s)
+
+    @staticmethod
+    async def _probe(session: aiohttp.ClientSession, url: str) -> tuple[bool, str | None]:
+        try:
+            async with session.get(url, allow_redirects=False) as response:
+                await response.read()
+                return 200 <= response.status <= 299, None if response.status < 300 else f"HTTP {response.status}"
+        except (aiohttp.ClientError, TimeoutError, OSError) as error:
+            return False, repr(error)[:200]
