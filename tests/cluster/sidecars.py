@@ -46,6 +46,15 @@ class Sidecar:
         except urllib.error.HTTPError as error:
             return error.code, json.loads(error.read() or b"null")
 
+    def post(self, path: str, body: bytes | dict[str, Any] | None = None, timeout: float = 2.0) -> tuple[int, Any]:
+        data = json.dumps(body).encode() if isinstance(body, dict) else (body or b"")
+        request = urllib.request.Request(self.url + path, data=data, method="POST")
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as resp:
+                return resp.status, json.loads(resp.read())
+        except urllib.error.HTTPError as error:
+            return error.code, json.loads(error.read() or b"null")
+
     def leader(self) -> dict[str, Any] | None:
         try:
             return self.get("/leader")[1]
@@ -127,3 +136,21 @@ def stop_all(sidecars: list[Sidecar]) -> None:
         if sidecar.alive():
             sidecar.process.kill()
             sidecar.process.wait(10)
+
+
+APP_SCRIPT = """
+import sys, time
+from sidecar import client
+url, interval, count = sys.argv[1], float(sys.argv[2]), 0
+while True:
+    count += 1
+    client.heartbeat(url, schedule_count=count, next_due_task="tick", request_timeout_s=0.5)
+    time.sleep(interval)
+"""
+
+
+def start_app(sidecar: Sidecar, interval_s: float = 0.2) -> subprocess.Popen[bytes]:
+    """A process standing in for the app: heartbeats its sidecar every `interval_s` until killed
+    (SIGKILL: a crash) or stopped (SIGSTOP: a hang)."""
+    return subprocess.Popen([sys.executable, "-c", APP_SCRIPT, sidecar.url, str(interval_s)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

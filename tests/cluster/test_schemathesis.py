@@ -1,0 +1,44 @@
+"""Schemathesis (every check, every phase it has for this API) against a real sidecar's own
+/openapi.json: the description and the server must agree, positive and negative.
+
+Reproduce by hand: start a sidecar (see tests/cluster/sidecars.py for the flags), then
+  SCHEMATHESIS_HOOKS=tests.cluster.schemathesis_hooks .venv/bin/st run \\
+      http://127.0.0.1:PORT/openapi.json --checks all --exclude-path /leader/events
+`GET /leader/events` is an endless Server-Sent Events stream by design (a client that reads the
+whole body never returns); tests/cluster/test_local_api.py and test_fuzz_api.py cover it.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.cluster import sidecars
+from tests.conftest import ROOT
+
+SEED = os.environ.get("SCHEMATHESIS_SEED", "20261123")
+MAX_EXAMPLES = os.environ.get("SCHEMATHESIS_MAX_EXAMPLES", "60")
+
+
+def test_local_api_passes_schemathesis(namespace: str, tmp_path: Path) -> None:
+    sidecar = sidecars.start("schema", "schema", namespace, tmp_path, "--members", "--app-heartbeat-ttl", "3")
+    try:
+        # A live app and a leader, so every answer the description allows can occur.
+        sidecars.wait_for(lambda: sidecar.post("/heartbeat")[1]["is_leader"], 15, interval=0.2)
+        st = Path(sys.executable).with_name("st")
+        result = subprocess.run(
+            [str(st), "run", f"{sidecar.url}/openapi.json", "--checks", "all", "--exclude-path", "/leader/events",
+             "--max-examples", MAX_EXAMPLES, "--seed", SEED, "--request-timeout", "10", "--workers", "1",
+             "--no-color"],
+            capture_output=True, text=True, timeout=600, cwd=tmp_path,
+            env={**os.environ, "SCHEMATHESIS_HOOKS": "tests.cluster.schemathesis_hooks",
+                 "PYTHONPATH": str(ROOT)})
+        output = result.stdout + result.stderr
+        print(output[-3000:])
+        assert result.returncode == 0, output[-8000:]
+        assert "Operations:" in output and " 0 selected" not in output, output[-3000:]
+        assert sidecar.alive() and "Traceback" not in sidecar.logs()
+    finally:
+        sidecars.stop_all([sidecar])
