@@ -100,14 +100,14 @@ def start(identity: str, lease: str, namespace: str, workdir: Path, *extra_args:
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             if not sidecar.alive():
-                raise AssertionError(f"{identity} exited {process.returncode}: {sidecar.wiring.logs()[-2000:]}")
+                raise AssertionError(f"{identity} exited {process.returncode}: {sidecar.logs()[-2000:]}")
             try:
                 if sidecar.get("/readyz", timeout=0.5)[0] == 200:
                     return sidecar
             except OSError:
                 pass
             time.sleep(0.05)
-        raise AssertionError(f"{identity} not ready: {sidecar.wiring.logs()[-2000:]}")
+        raise AssertionError(f"{identity} not ready: {sidecar.logs()[-2000:]}")
     return sidecar
 
 

@@ -35,7 +35,7 @@ def log_time(stamp: str) -> float:
 def terms_from(sidecar: sidecars.Sidecar, killed_at: float | None) -> list[Term]:
     terms: list[Term] = []
     current: Term | None = None
-    for line in sidecar.wiring.logs().splitlines():
+    for line in sidecar.logs().splitlines():
         try:
             entry = json.loads(line)
         except ValueError:

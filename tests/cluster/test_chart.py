@@ -209,7 +209,7 @@ def test_auto_mode_follows_the_cluster_version(charts: Path, helm_env: dict[str,
      ["/monitoring/podMonitor", "additional properties 'enable' not allowed"]),
     (EXAMPLE, ["--set", "lease-sidecar.ports.metrics=abc"], ["/ports/metrics", "got string, want integer"]),
     (EXAMPLE, ["--set", "lease-sidecar.standalone=yes"], ["/standalone", "got string, want boolean"]),
-    (EXAMPLE, ["--set", "lease-sidecar.core.election.leaderLeaseTTL=soon"],
+    (EXAMPLE, ["--set", "lease-sidecar.election.leaderLeaseTTL=soon"],
      ["/election/leaderLeaseTTL", "'soon' does not match pattern"]),
     (EXAMPLE, ["--set", "lease-sidecar.mode=sidecar"], ["/mode", "value must be one of"]),
     (EXAMPLE, ["--set", "replicas=3"], ["lease-sidecar-example:", "additional properties 'replicas' not allowed"]),
@@ -336,7 +336,7 @@ def test_rendered_service_account_token_wins_the_election_in_cluster_mode(
         assert released and released["spec"].get("holderIdentity") in (None, ""), released["spec"]
     finally:
         sidecars.stop_all([sidecar])
-    logs = sidecar.wiring.logs()
+    logs = sidecar.logs()
     assert "Forbidden" not in logs and " 403" not in logs, logs[-3000:]
 
 
