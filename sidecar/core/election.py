@@ -1,25 +1,71 @@
 """The election as a pure state machine (sans-IO): fed moments and observations, returns actions.
 
-Every rule about expiry, hand-over and terms lives here and nowhere else:
+Every rule about expiry, hand-over and terms lives here and nowhere else. All times are this
+process's monotonic clock; `renewTime` is never compared with it, so clock skew between nodes
+cannot make two leaders. The async driver (`heartbeat.BeatHeartbeat`) performs the actions and
+feeds the results back.
 
-* A lease held by someone else expires `leaseDurationSeconds` after *this process last saw the
-  record change*, by its own monotonic clock. `renewTime` is never compared with the local clock,
-  so clock skew between nodes cannot make two leaders.
-* A leader is leader only until `renew_deadline` after the *start* of its last successful write.
-  Any other candidate saw that write no earlier than it started, so it cannot take the lease
-  before `start + lease_ttl`, which is later: the old leader has already stepped down.
-* Every new term carries a fencing token larger than any stored in the Lease or seen by this
-  process. A record that names our identity with a token we did not write (a previous life, or a
-  duplicate process) is treated like anyone else's: it must expire first.
+Leader
+* L1. A leader leads only until `renew_deadline` (D) after the *start* of its last successful
+  write; D < lease TTL (d) is validated. It steps down at once, before that, when it observes its
+  record deleted, or naming another holder, another token, or no holder.
+* L2. Every new term carries a fencing token larger than any stored in the Lease or seen by this
+  process. A record naming our identity with a token we did not write (a previous life, or a
+  duplicate process) is someone else's.
 
-The async driver (`heartbeat.BeatHeartbeat`) performs the actions and feeds the results back.
+Candidate: fences. A *fence* is a local time before which some holder may still believe it leads.
+A candidate writes a new term only when every fence has passed. On each observed *change* of the
+record at local time t (the same record observed again changes nothing):
+* F1 holder seen. A record naming holder H (identity and token): H's fence >= t + its
+  leaseDurationSeconds.
+* F2 holder replaced. H's record replaced by anything but H's own release (deleted, another holder,
+  no holder, another duration, another token): H's fence >= t + the duration H's record had. H may
+  not have seen the change (paused, cut off), so it leads on until its own deadline. With F1, a
+  shrunk leaseDurationSeconds is judged against the larger of the old and the new duration.
+* F3 no history. No Lease at all (at start-up or after a deletion), or an empty holder that is
+  not a release: the fence of "a holder never seen" >= t + our own lease TTL. So a brand-new
+  candidate that finds no Lease creates it one lease TTL after it first looked (a new election's
+  first leader appears after leaseDuration), and after `kubectl delete lease` the next leader
+  appears one lease duration after the candidates saw the deletion.
+* R release. A release (empty holder, leaseDurationSeconds 1, acquireTime and renewTime set, and,
+  if we saw the record it replaced, its leaseTransitions and token unchanged: client-go's shape,
+  and ours) sets no fence, and ends the releasing holder's: the lease is taken at once.
+* O own record. A record this process holds (our identity and the token we wrote) is renewed at
+  once, whatever the fences: we know our own state.
+The leader that observes its record deleted or replaced is a candidate like any other: it
+publishes standby at once (L1), then obeys the fences (its own record's F2, and F3).
+
+Safety argument. Take any holder H (duration d, deadline D < d) and its last successful write W,
+started at s: H leads until at most s + D. Any state a candidate C observes after W (W's record,
+a later change, the Lease's absence) exists only after W started, so C observes it at t > s.
+- C saw W: F1 fences H until t + d > s + D.
+- C saw a later change H did not make (deletion, overwrite, shrink): F2 fences H until t + d
+  (d from the last H record C saw; H writes the same duration on every renewal).
+- C never saw H (it started later, or its watch relisted across H's whole term) and finds the
+  Lease gone or emptied: F3 fences until t + C's TTL, which covers H if d <= C's TTL. If it finds
+  another holder's record instead, that holder acquired it by compare-and-swap after passing its
+  own fences, which covered H (by induction); only a third party's overwrite breaks this.
+- H released: H published standby before writing the release (close() ends the term first).
+So C's write starts after H's deadline. Writes are compare-and-swap on the version read, so among
+candidates past their fences one wins, and the rest observe it (F1). Assumed: monotonic clocks of
+the nodes run at the same rate within (d - D) / d; candidates of one Lease use lease durations no
+longer than each other's TTL (only for holders a candidate never saw); a third party that writes
+a record in exact release shape, or overwrites the record of a holder a candidate never saw, is
+believed (nothing distinguishes it from a candidate).
+
+Why fences and not a finalizer (issue 12's alternative: keep a deleted Lease readable until its
+holder has expired): a finalizer covers only `kubectl delete`, not an emptied holder, a shrunk
+duration, or a brand-new candidate that finds no Lease, which need these rules anyway; removing
+it safely needs the same wait; and when no sidecar is left to remove it (uninstall, scale to
+zero) the Lease, and its namespace, hang in Terminating. The fences cost one lease duration after
+a deletion and on a new election's first creation, and need no extra state, RBAC or cleanup.
 """
 
 from __future__ import annotations
 
 import enum
 from collections import deque
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 
 from sidecar.core.config import ElectionConfig
@@ -60,6 +106,8 @@ class Write:
 @dataclass(frozen=True)
 class Wait:
     until_mono: float
+    reason: str = field(default="", compare=False)
+    """Why, when it is a fence (for the log); empty for renewal intervals and backoff."""
 
 
 @dataclass(frozen=True)
@@ -92,6 +140,21 @@ class Term:
 
 
 @dataclass(frozen=True)
+class TermEnd:
+    """How a term ended: `reason` belongs to the term with this token and no other."""
+
+    fencing_token: int
+    reason: str
+
+
+HolderKey = tuple[str, int | None]
+"""A holder as the record names it: identity and fencing token (None for client-go holders)."""
+
+UNSEEN_HOLDER = None
+"""The fence key of F3: a holder this process never observed."""
+
+
+@dataclass(frozen=True)
 class ElectionView:
     """What publishers show. Times are monotonic; the driver converts them for people."""
 
@@ -102,6 +165,8 @@ class ElectionView:
     valid_until_mono: float | None
     observed: Moment | None
     lease_observed: bool
+    term_end: TermEnd | None = None
+    """The latest term's end, if it has ended (by `now`, even before the Elector noticed)."""
 
 
 class Elector:
@@ -116,9 +181,12 @@ class Elector:
         self.config = config
         self.stats = HeartbeatStats()
         self.last_loss_reason: str | None = None
+        self._term_end: TermEnd | None = None
         self._observed: Versioned | None = None
         self._observed_ever = False
         self._observed_changed_mono = 0.0
+        self._fences: dict[HolderKey | None, tuple[float, str]] = {}
+        """Per holder, (until_mono, why): rules F1-F3 in the module docstring."""
         self._last_observation: Moment | None = None
         self._term: Term | None = None
         self._held_token: int | None = None
@@ -161,6 +229,9 @@ class Elector:
             role = BeatRole.STANDBY
         holder = self._observed.record.holder or None if self._observed else None
         term = self._term if leading else None
+        term_end = self._term_end
+        if self._term is not None and not leading and not self._closing:
+            term_end = TermEnd(self._term.fencing_token, "renew deadline passed")  # not yet noticed
         return ElectionView(
             role=role,
             holder=holder,
@@ -169,6 +240,7 @@ class Elector:
             valid_until_mono=self.valid_until_mono if term else None,
             observed=self._last_observation,
             lease_observed=self._observed_ever,
+            term_end=term_end,
         )
 
     # ------------------------------------------------------------------ decisions
@@ -200,16 +272,17 @@ class Elector:
         return self._standby_action(now, timeout)
 
     def _standby_action(self, now: Moment, timeout: float) -> Action:
-        if self._observed is None:
+        record = self._observed.record if self._observed is not None else None
+        if record is None or not self._holds(record):  # rule O: our own record needs no fence
+            until, why = self._fence(now)
+            if now.mono < until:
+                return Wait(until, why)
+        if record is None or self._observed is None:
             return Write("acquire", self._new_term_record(None, now), None, timeout)
-        record = self._observed.record
         taken_over = None
         if record.holder and not self._holds(record):
-            expires = self._observed_changed_mono + record.duration_s
-            if now.mono < expires:
-                return Wait(expires)
             taken_over = "expired"
-        elif record.is_free and record.renew_time is not None:
+        elif _is_release(record):
             taken_over = "released"
         if taken_over and self._failover_counted_for != self._observed.version:
             self._failover_counted_for = self._observed.version
@@ -231,6 +304,40 @@ class Elector:
         record = replace(self._observed.record, holder="", duration_s=RELEASED_DURATION_S,
                          acquire_time=now.wall, renew_time=now.wall)
         return Write("release", record, self._observed.version, timeout)
+
+    def _fence(self, now: Moment) -> tuple[float, str]:
+        """The latest fence still ahead (rules F1-F3), or (-inf, "") when all have passed."""
+        for key in [key for key, (until, _) in self._fences.items() if until <= now.mono]:
+            del self._fences[key]
+        return max(self._fences.values(), default=(float("-inf"), ""))
+
+    def _raise_fence(self, key: HolderKey | None, until_mono: float, why: str) -> None:
+        if until_mono > self._fences.get(key, (float("-inf"), ""))[0]:
+            self._fences[key] = (until_mono, why)
+
+    def _update_fences(self, now: Moment, before: LeaseRecord | None, after: LeaseRecord | None,
+                       first: bool) -> None:
+        """Rules F1-F3 and R for one observed change from `before` to `after` (None: no Lease)."""
+        released = after is not None and _is_release(after) and (
+            first or (before is not None and before.holder != ""
+                      and (after.transitions, after.fencing_token) == (before.transitions, before.fencing_token)))
+        if before is not None and before.holder:
+            key = _holder_key(before)
+            if released:
+                self._fences.pop(key, None)  # R: the holder stepped down before writing this
+            elif not (after is not None and self._holds(after)):  # our own write: we judged H done
+                self._raise_fence(key, now.mono + before.duration_s,
+                                  f"{before.holder} may not have seen the change and may lead until then"
+                                  if after is None or _holder_key(after) != key else
+                                  f"held by {before.holder}")  # F2
+        if after is not None and after.holder:
+            if not self._holds(after):
+                self._raise_fence(_holder_key(after), now.mono + after.duration_s,
+                                  f"held by {after.holder}")  # F1
+        elif not released:
+            why = ("no lease: a holder that did not see it go may still lead" if after is None else
+                   "holder cleared without a release: a holder that did not see it may still lead")
+            self._raise_fence(UNSEEN_HOLDER, now.mono + self.config.lease_ttl_s, why)  # F3
 
     def _holds(self, record: LeaseRecord) -> bool:
         return record.holder == self.identity and self._held_token is not None \
@@ -263,6 +370,9 @@ class Elector:
         """
         if sent_at_generation is not None and sent_at_generation != self.write_generation:
             return
+        # A deadline that passed while this process was paused is the term's end, whatever this
+        # observation says next: the reason must be the true one.
+        self._expire_term(now)
         if from_stream:
             if current is not None:
                 self._stream_versions.append(current.version)
@@ -278,8 +388,8 @@ class Elector:
             (current is None) != (self._observed is None)
             or (current is not None and self._observed is not None
                 and not current.record.same_observation(self._observed.record)))
-        if changed:
-            self._observed_changed_mono = now.mono
+        first = not self._observed_ever
+        before = self._observed.record if self._observed is not None else None
         self._observed_ever = True
         self._observed = current
         if current is not None:
@@ -290,14 +400,18 @@ class Elector:
         self._maybe_written = None
         if current is None or not self._holds(current.record):
             self._held_token = None
+        if changed:
+            self._observed_changed_mono = now.mono
+            self._update_fences(now, before, current.record if current is not None else None, first)
         if self._term is not None:
             if current is None:
                 self._lose_term("lease deleted")
+            elif current.record.holder == "":
+                self._lose_term("holder cleared by another writer")
             elif current.record.holder != self.identity:
-                self._lose_term(f"lease taken by {current.record.holder or '(released)'}")
+                self._lose_term(f"lease taken by {current.record.holder}")
             elif current.record.fencing_token != self._term.fencing_token:
                 self._lose_term("lease taken by another process with this identity")
-        self._expire_term(now)
 
     def write_succeeded(self, now: Moment, action: Write, started: Moment, stored: Versioned) -> None:
         self._clear_failures()
@@ -341,11 +455,13 @@ class Elector:
     def heartbeat(self) -> None:
         self.stats.heartbeats_sent += 1
 
-    def close(self) -> None:
+    def close(self, now: Moment | None = None) -> None:
         """Begin shutdown: standby at once; the next actions release the lease if this process
-        holds it, then Done."""
+        holds it, then Done. With `now`, a deadline already passed is reported as the reason."""
+        if now is not None:
+            self._expire_term(now)
         if not self._closing and self._term is not None:
-            self.last_loss_reason = "shutting down"
+            self._end_term("shutting down")
         self._closing = True
         self._term = None
 
@@ -366,6 +482,21 @@ class Elector:
             self._lose_term("renew deadline passed")
 
     def _lose_term(self, reason: str) -> None:
+        self._end_term(reason)
+        self.stats.leader_elections_lost += 1
+
+    def _end_term(self, reason: str) -> None:
+        if self._term is not None:
+            self._term_end = TermEnd(self._term.fencing_token, reason)
         self._term = None
         self.last_loss_reason = reason
-        self.stats.leader_elections_lost += 1
+
+
+def _holder_key(record: LeaseRecord) -> HolderKey:
+    return record.holder, record.fencing_token
+
+
+def _is_release(record: LeaseRecord) -> bool:
+    """The shape of a release (client-go's, and ours): no holder, leaseDurationSeconds 1, both times set."""
+    return (record.holder == "" and record.duration_s == RELEASED_DURATION_S
+            and record.acquire_time is not None and record.renew_time is not None)

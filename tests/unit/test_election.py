@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from sidecar.core.config import ElectionConfig
-from sidecar.core.election import BeatRole, Done, Elector, Moment, Read, Wait, Write
+from sidecar.core.election import BeatRole, Done, Elector, Moment, Read, TermEnd, Wait, Write
 from sidecar.core.lock import Versioned
 from sidecar.core.record import LeaseRecord
 
@@ -42,6 +43,8 @@ class Store:
 
 
 def lead(elector: Elector, store: Store, t: float) -> None:
+    if store.current is None:  # F3: an absent Lease is created one TTL after it was first seen absent
+        elector.observe(at(t - CONFIG.lease_ttl_s), None)
     elector.observe(at(t), store.current)
     action = elector.next_action(at(t))
     assert isinstance(action, Write) and action.kind == "acquire"
@@ -49,12 +52,18 @@ def lead(elector: Elector, store: Store, t: float) -> None:
     assert elector.view(t).role is BeatRole.LEADER
 
 
-def test_unknown_until_first_observation_then_creates_absent_lease() -> None:
+def test_brand_new_candidate_creates_an_absent_lease_one_ttl_after_it_first_saw_it_absent() -> None:
     elector = Elector("a", CONFIG)
     assert elector.view(0).role is BeatRole.UNKNOWN
     assert isinstance(elector.next_action(at(0)), Read)
     elector.observe(at(0), None)
-    action = elector.next_action(at(0))
+    assert elector.view(0).role is BeatRole.STANDBY
+    # A holder paused (or cut off) when its Lease was deleted may still believe it leads.
+    wait = elector.next_action(at(0))
+    assert wait == Wait(10) and "no lease" in wait.reason
+    elector.observe(at(4), None)  # still absent: the wait counts from the *first* observation
+    assert elector.next_action(at(9.99)) == Wait(10)
+    action = elector.next_action(at(10))
     assert isinstance(action, Write) and action.expected_version is None
     assert action.record.holder == "a" and action.record.fencing_token == 1
     assert action.record.duration_s == 10 and action.record.transitions == 0
@@ -139,12 +148,12 @@ def test_conflict_never_overwrites_and_forces_a_fresh_read() -> None:
     store, a, b = Store(), Elector("a", CONFIG), Elector("b", CONFIG)
     a.observe(at(0), None)
     b.observe(at(0), None)
-    write_a, write_b = a.next_action(at(0)), b.next_action(at(0))
+    write_a, write_b = a.next_action(at(10)), b.next_action(at(10))
     assert isinstance(write_a, Write) and isinstance(write_b, Write)
-    store.apply(a, write_a, at(0), at(0))
-    store.apply(b, write_b, at(0), at(0))
-    assert a.view(0).role is BeatRole.LEADER and b.view(0).role is not BeatRole.LEADER
-    assert isinstance(b.next_action(at(0)), Read)
+    store.apply(a, write_a, at(10), at(10))
+    store.apply(b, write_b, at(10), at(10))
+    assert a.view(10).role is BeatRole.LEADER and b.view(10).role is not BeatRole.LEADER
+    assert isinstance(b.next_action(at(10)), Read)
     assert b.stats.leader_elections_lost == 1
 
 
@@ -157,12 +166,16 @@ def test_overwritten_holder_makes_the_leader_step_down_at_the_next_observation()
     assert elector.last_loss_reason == "lease taken by intruder"
 
 
-def test_deleted_lease_ends_the_term_and_is_recreated() -> None:
+def test_leader_that_sees_its_lease_deleted_steps_down_at_once_then_waits_like_anyone() -> None:
     store, elector = Store(), Elector("a", CONFIG)
     lead(elector, store, 0)
     elector.observe(at(1), None)
-    assert elector.view(1).role is BeatRole.STANDBY
-    action = elector.next_action(at(1))
+    view = elector.view(1)
+    assert view.role is BeatRole.STANDBY and view.term_end is not None
+    assert view.term_end.reason == "lease deleted" and view.term_end.fencing_token == 1
+    # It cannot know who creates next (a third party may have recreated and deleted it meanwhile).
+    assert elector.next_action(at(1)) == Wait(11)
+    action = elector.next_action(at(11))
     assert isinstance(action, Write) and action.expected_version is None
 
 
@@ -173,6 +186,8 @@ def test_fencing_tokens_strictly_increase_across_terms_and_restarts() -> None:
     for identity in ["a", "b", "a", "a", "c"]:  # "a" twice in a row: a restart with the same identity
         elector = Elector(identity, CONFIG)
         elector.observe(at(t), store.current)
+        if store.current is None:
+            t += CONFIG.lease_ttl_s  # F3: a brand-new election's first leader comes one TTL later
         action = elector.next_action(at(t))
         if isinstance(action, Wait):
             t = action.until_mono
@@ -217,14 +232,14 @@ def test_errors_back_off_exponentially_up_to_the_cap() -> None:
 
 def test_a_write_that_landed_after_a_timeout_is_picked_up_as_a_new_term() -> None:
     store, elector = Store(), Elector("a", CONFIG)
-    elector.observe(at(0), None)
+    elector.observe(at(-10), None)
     action = elector.next_action(at(0))
     assert isinstance(action, Write)
     store.put(action.record)  # it landed, but the response was lost
     elector.call_failed(at(1), action)
     assert elector.view(1).role is not BeatRole.LEADER
     elector.observe(at(1.2), store.current)
-    again = elector.next_action(at(1.2))
+    again = elector.next_action(at(1.2))  # our own record (rule O): no fence
     assert isinstance(again, Write) and again.kind == "acquire" and again.record.fencing_token == 2
     assert again.record.transitions == 0  # same holder: client-go counts no transition
 
@@ -268,7 +283,7 @@ def test_tokens_keep_growing_after_the_lease_is_deleted() -> None:
     first = elector.view(0).fencing_token
     elector.observe(at(1), None)
     store.current = None
-    action = elector.next_action(at(1))
+    action = elector.next_action(at(11))
     assert isinstance(action, Write) and action.expected_version is None
     assert action.record.fencing_token == first + 1
 
@@ -286,12 +301,21 @@ def test_a_duplicate_process_with_our_identity_ends_our_term_and_must_wait_for_e
     old.observe(at(10.6), store.current, from_stream=True)
     old.observe(at(10.6), store.current)
     assert old.view(10.6).role is BeatRole.STANDBY
-    assert old.last_loss_reason == "lease taken by another process with this identity"
+    # Its deadline (6) passed long before it saw the takeover: that, not the takeover, ended it.
+    assert old.view(10.6).term_end == TermEnd(1, "renew deadline passed")
+
+
+def test_a_record_with_our_identity_and_another_token_ends_our_term_at_once() -> None:
+    store, elector = Store(), Elector("a", CONFIG)
+    lead(elector, store, 0)
+    store.put(LeaseRecord("a", 10, EPOCH, EPOCH, 0, 99))
+    elector.observe(at(1), store.current)
+    assert elector.view(1).term_end == TermEnd(1, "lease taken by another process with this identity")
 
 
 def test_close_is_standby_at_once_even_with_an_acquisition_in_flight() -> None:
     store, elector = Store(), Elector("a", CONFIG)
-    elector.observe(at(0), None)
+    elector.observe(at(-10), None)
     acquire = elector.next_action(at(0))
     assert isinstance(acquire, Write)
     elector.close()
@@ -341,3 +365,194 @@ def test_shutdown_during_an_outage_gives_up() -> None:
             continue
         elector.call_failed(at(t), action)
     assert isinstance(elector.next_action(at(t)), Done)
+
+
+# ---------------------------------------------------------------- fences (issue 12): a vanished or
+# rewritten record is a change its holder may not have seen.
+
+def held_by(holder: str, token: int, duration_s: int = 10, renewed_s: float = 0) -> LeaseRecord:
+    return LeaseRecord(holder, duration_s, EPOCH, EPOCH + timedelta(seconds=renewed_s), 1, token)
+
+
+def released(after: LeaseRecord) -> LeaseRecord:
+    """What the holder itself writes on release (client-go's shape, and ours)."""
+    return LeaseRecord("", 1, EPOCH + timedelta(hours=1), EPOCH + timedelta(hours=1), after.transitions,
+                       after.fencing_token)
+
+
+def first_write_time(elector: Elector, start: float, store: Store | None = None) -> float:
+    """When `elector` first wants to write, stepping through its waits (no new observations)."""
+    t = start
+    for _ in range(10):
+        action = elector.next_action(at(t))
+        if isinstance(action, Write):
+            return t
+        assert isinstance(action, Wait), action
+        t = action.until_mono
+    raise AssertionError("never wrote")
+
+
+def test_standby_that_sees_the_lease_deleted_waits_the_last_holders_duration_from_then() -> None:
+    store, standby = Store(), Elector("b", CONFIG)
+    standby.observe(at(0), store.put(held_by("a", 1)))
+    standby.observe(at(4), store.put(held_by("a", 1, renewed_s=4)))  # a renews
+    store.current = None
+    standby.observe(at(5), None)  # kubectl delete lease; "a" (paused, cut off) did not see it
+    wait = standby.next_action(at(5))
+    assert wait == Wait(15) and "did not see" in wait.reason  # not at once, and not 14 (a's expiry)
+    assert standby.view(5).holder is None and standby.view(5).role is BeatRole.STANDBY
+    action = standby.next_action(at(15))
+    assert isinstance(action, Write) and action.expected_version is None and action.record.fencing_token == 2
+
+
+def test_the_wait_uses_the_last_holders_duration_when_longer_than_ours() -> None:
+    standby = Elector("b", CONFIG)
+    standby.observe(at(0), Versioned(held_by("a", 1, duration_s=25), "1"))
+    standby.observe(at(3), None)
+    assert first_write_time(standby, 3) == 28
+
+
+def test_deletion_while_the_standby_waits_for_expiry_restarts_the_wait() -> None:
+    standby = Elector("b", CONFIG)
+    standby.observe(at(0), Versioned(held_by("a", 1), "1"))
+    assert standby.next_action(at(8)) == Wait(10)
+    standby.observe(at(8), None)
+    assert first_write_time(standby, 8) == 18
+
+
+def test_recreation_by_a_third_party_during_the_wait_does_not_shorten_it() -> None:
+    standby = Elector("b", CONFIG)
+    standby.observe(at(0), Versioned(held_by("a", 1), "1"))
+    standby.observe(at(5), None)
+    standby.observe(at(7), Versioned(held_by("x", 3, duration_s=3), "2"))  # someone's short lease
+    assert first_write_time(standby, 7) == 15
+    # Recreated with no holder, even in the shape of a release: nobody's release, history still unknown.
+    for empty in (LeaseRecord(), released(held_by("x", 3))):
+        standby = Elector("b", CONFIG)
+        standby.observe(at(0), Versioned(held_by("a", 1), "1"))
+        standby.observe(at(5), None)
+        standby.observe(at(7), Versioned(empty, "2"))
+        assert first_write_time(standby, 7) == 17, empty
+
+
+def test_a_third_party_emptying_the_holder_is_not_a_release() -> None:
+    store, a, b = Store(), Elector("a", CONFIG), Elector("b", CONFIG)
+    lead(a, store, 0)
+    b.observe(at(0.5), store.current)
+    # Not the holder's release: its duration stays, no times, or transitions/token differ.
+    record = store.current.record
+    for cleared in (replace(record, holder=""), replace(released(record), transitions=7),
+                    replace(released(record), fencing_token=None), replace(released(record), acquire_time=None)):
+        standby = Elector("b", CONFIG)
+        standby.observe(at(0.5), store.current)
+        standby.observe(at(3), Versioned(cleared, "x"))
+        assert first_write_time(standby, 3) == 13, cleared
+    # The leader sees it and steps down at once, with the true reason.
+    a.observe(at(3), Versioned(replace(record, holder=""), "x"))
+    assert a.view(3).term_end == TermEnd(1, "holder cleared by another writer")
+
+
+def test_the_holders_own_release_is_taken_at_once() -> None:
+    store, a, b = Store(), Elector("a", CONFIG), Elector("b", CONFIG)
+    lead(a, store, 0)
+    b.observe(at(0.5), store.current)
+    a.close(at(1))
+    release = a.next_action(at(1))
+    assert isinstance(release, Write)
+    store.apply(a, release, at(1), at(1))
+    b.observe(at(1.05), store.current)
+    assert first_write_time(b, 1.05) == 1.05
+    # A brand-new candidate that finds a release takes it at once too: the release says its holder is done.
+    newcomer = Elector("c", CONFIG)
+    newcomer.observe(at(2), store.current)
+    assert first_write_time(newcomer, 2) == 2
+
+
+@pytest.mark.parametrize(("new_duration_s", "expected_until"), [(1, 13), (3, 13), (20, 23)])
+def test_a_changed_lease_duration_is_judged_against_the_larger_of_old_and_new(
+        new_duration_s: int, expected_until: float) -> None:
+    store, a, b = Store(), Elector("a", CONFIG), Elector("b", CONFIG)
+    lead(a, store, 0)
+    b.observe(at(0), store.current)
+    # A third party (kubectl edit) changes leaseDurationSeconds; "a", cut off, renews under 10.
+    edited = store.put(replace(store.current.record, duration_s=new_duration_s))
+    b.observe(at(3), edited)
+    assert first_write_time(b, 3) == expected_until
+    # The holder itself does not care: same identity and token, its term goes on and it renews.
+    a.observe(at(3), edited)
+    assert a.view(3).role is BeatRole.LEADER
+    renew = a.next_action(at(4))
+    assert isinstance(renew, Write) and renew.kind == "renew" and renew.record.duration_s == 10
+
+
+def test_after_a_shrink_the_holders_next_renewal_counts_again_from_its_own_duration() -> None:
+    store, b = Store(), Elector("b", CONFIG)
+    b.observe(at(0), store.put(held_by("a", 1)))
+    b.observe(at(3), store.put(held_by("a", 1, duration_s=1)))
+    b.observe(at(5), store.put(held_by("a", 1, renewed_s=5)))
+    assert first_write_time(b, 5) == 15
+
+
+def test_a_new_holder_replacing_an_old_one_does_not_shorten_the_old_ones_fence() -> None:
+    b = Elector("b", CONFIG)
+    b.observe(at(0), Versioned(held_by("a", 1), "1"))
+    b.observe(at(2), Versioned(held_by("x", 2, duration_s=1), "2"))  # forced by a third party
+    assert first_write_time(b, 2) == 12
+
+
+def test_brand_new_candidate_with_an_empty_record_waits_one_ttl() -> None:
+    newcomer = Elector("c", CONFIG)
+    newcomer.observe(at(0), Versioned(LeaseRecord(), "1"))  # e.g. a Lease created empty by hand
+    assert first_write_time(newcomer, 0) == 10
+
+
+def test_the_leader_whose_lease_is_deleted_recreates_only_after_its_fences() -> None:
+    store, a, b = Store(), Elector("a", CONFIG), Elector("b", CONFIG)
+    lead(a, store, 0)
+    b.observe(at(0), store.current)
+    store.current = None
+    a.observe(at(1), None)
+    b.observe(at(1.2), None)
+    assert a.view(1).role is BeatRole.STANDBY
+    assert first_write_time(a, 1) == 11 and first_write_time(b, 1.2) == 11.2
+    create = a.next_action(at(11))
+    assert isinstance(create, Write)
+    store.apply(a, create, at(11), at(11))
+    b.observe(at(11.01), store.current)
+    assert b.next_action(at(11.01)) == Wait(11.01 + 10)
+
+
+# ---------------------------------------------------------------- honest step-down reasons
+
+def test_a_deadline_passed_during_a_pause_is_the_reason_even_if_a_takeover_is_seen_first() -> None:
+    store, a = Store(), Elector("a", CONFIG)
+    lead(a, store, 0)
+    # Paused (SIGSTOP) from 1 to 30: the first thing it sees on waking is someone else's record.
+    assert a.view(30).term_end == TermEnd(1, "renew deadline passed")  # before any observation
+    a.observe(at(30), Versioned(held_by("b", 2), "9"), from_stream=True)
+    assert a.view(30).term_end == TermEnd(1, "renew deadline passed")
+    assert a.last_loss_reason == "renew deadline passed"
+
+
+def test_close_after_an_unnoticed_deadline_reports_the_deadline_not_shutdown() -> None:
+    store, a = Store(), Elector("a", CONFIG)
+    lead(a, store, 0)
+    a.close(at(7))
+    assert a.view(7).term_end == TermEnd(1, "renew deadline passed")
+    b = Elector("b", CONFIG)
+    lead(b, Store(), 0)
+    b.close(at(1))
+    assert b.view(1).term_end == TermEnd(1, "shutting down")
+
+
+def test_an_earlier_terms_reason_never_describes_a_later_term() -> None:
+    store, a = Store(), Elector("a", CONFIG)
+    lead(a, store, 0)
+    store.current = None
+    a.observe(at(1), None)
+    assert a.view(1).term_end == TermEnd(1, "lease deleted")
+    create = a.next_action(at(11))
+    assert isinstance(create, Write)
+    store.apply(a, create, at(11), at(11))
+    assert a.view(11).role is BeatRole.LEADER
+    assert a.view(17).term_end == TermEnd(2, "renew deadline passed")  # term 2's own end

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 from datetime import UTC, datetime, timedelta
+
+import pytest
 
 from sidecar.core.config import ElectionConfig
 from sidecar.core.election import BeatRole, Elector, Moment
 from sidecar.engine.heartbeat import BeatHeartbeat
+from sidecar.core.record import LeaseRecord
 from sidecar.engine.memory_lock import InMemoryLockBackend
 from sidecar.engine.status import StatusBoard
 
@@ -33,6 +37,8 @@ def candidate(identity: str, backend: InMemoryLockBackend, clock: FakeClock) -> 
 async def test_seed_verbs_drive_a_whole_election() -> None:
     clock, backend = FakeClock(), InMemoryLockBackend()
     a, b = candidate("a", backend, clock), candidate("b", backend, clock)
+    assert await a.try_become_leader() is False  # no Lease yet: created one TTL after first seen absent
+    clock.advance(CONFIG.lease_ttl_s)
     assert await a.try_become_leader() is True
     assert await b.try_become_leader() is False
     assert b.role is BeatRole.STANDBY and await b.check_leader_health() is True
@@ -61,6 +67,8 @@ async def test_seed_verbs_drive_a_whole_election() -> None:
 async def test_shutdown_releases_and_the_standby_takes_over_at_once() -> None:
     clock, backend = FakeClock(), InMemoryLockBackend()
     a, b = candidate("a", backend, clock), candidate("b", backend, clock)
+    await a.tick()
+    clock.advance(CONFIG.lease_ttl_s)
     assert await a.try_become_leader() is True
     await b.tick()
     await a.shutdown()
@@ -75,9 +83,41 @@ async def test_shutdown_releases_and_the_standby_takes_over_at_once() -> None:
 async def test_versions_and_waiters_follow_role_changes() -> None:
     clock, backend = FakeClock(), InMemoryLockBackend()
     a = candidate("a", backend, clock)
+    await a.tick()
+    clock.advance(CONFIG.lease_ttl_s)
     before = a.board.snapshot()["version"]
     await a.try_become_leader()
     after = await a.board.wait_for_change(before, 0.01)
     assert after["version"] > before and after["is_leader"] is True
     same = await a.board.wait_for_change(after["version"], 0.01)
     assert same["version"] == after["version"]
+
+
+def step_down_reasons(caplog: pytest.LogCaptureFixture) -> list[tuple[int | None, str]]:
+    return [(r.term, r.reason) for r in caplog.records
+            if getattr(r, "event", None) == "role_changed" and r.from_role == "leader"]
+
+
+async def test_step_down_log_gives_each_terms_own_true_reason(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="lease_sidecar")
+    clock, backend = FakeClock(), InMemoryLockBackend()
+    a = candidate("a", backend, clock)
+    await a.tick()
+    clock.advance(CONFIG.lease_ttl_s)
+    assert await a.try_become_leader() is True
+    await backend.delete()
+    assert await a.tick() is BeatRole.STANDBY
+    clock.advance(CONFIG.lease_ttl_s)
+    assert await a.try_become_leader() is True  # term 2
+    # Paused past its deadline; meanwhile someone else took the lease. Waking, it sees the takeover
+    # first, but the deadline is what ended its term.
+    clock.advance(CONFIG.renew_deadline + 5)
+    current = await backend.get(1)
+    await backend.update(LeaseRecord("b", 10, fencing_token=3), current.version, 1)
+    assert await a.tick() is BeatRole.STANDBY
+    clock.advance(CONFIG.lease_ttl_s)
+    assert await a.try_become_leader() is True  # term 4
+    clock.advance(CONFIG.renew_deadline + 1)  # paused again, then SIGTERM: not "shutting down"
+    await a.shutdown()
+    assert step_down_reasons(caplog) == [(1, "lease deleted"), (2, "renew deadline passed"),
+                                         (4, "renew deadline passed")]
