@@ -39,8 +39,9 @@ _MAX_CONFLICTS = 5
 
 
 def slice_name(service: str) -> str:
-    """The one EndpointSlice this sidecar writes for `service` (RBAC names it too)."""
-    return f"{service}-leader"
+    """The one EndpointSlice this sidecar writes for `service`: named like it (RBAC names it too).
+    Slices of the EndpointSlice controllers are named `<service>-<random>`, so they never collide."""
+    return service
 
 
 class LeaderEndpoints:

@@ -270,6 +270,30 @@ A list item: the sidecar container, with restartPolicy: Always when the mode is 
       value: {{ $v.roleDir.path | quote }}
     - name: LEASE_SIDECAR_LOG_LEVEL
       value: {{ $v.logLevel | quote }}
+    # The pod's revision: a leader that shuts down hands over to a pod of another revision (a
+    # rollout's new ReplicaSet) when it can. Empty outside Deployments.
+    - name: POD_REVISION
+      valueFrom:
+        fieldRef:
+          apiVersion: v1
+          fieldPath: metadata.labels['pod-template-hash']
+    {{- if $v.leaderService.enabled }}
+    - name: POD_IP
+      valueFrom:
+        fieldRef:
+          apiVersion: v1
+          fieldPath: status.podIP
+    - name: LEASE_SIDECAR_LEADER_SERVICE
+      value: {{ include "lease-sidecar.impl.leaderServiceName" $s | quote }}
+    {{- end }}
+    {{- if $v.events.enabled }}
+    - name: LEASE_SIDECAR_EVENTS
+      value: "true"
+    {{- end }}
+    {{- if $v.labelPod }}
+    - name: LEASE_SIDECAR_LABEL_POD
+      value: "true"
+    {{- end }}
     {{- range $key := keys $durations | sortAlpha }}
     {{- $value := index $v.election $key }}
     {{- if not (eq (toString $value) "" "<nil>") }}
@@ -402,20 +426,57 @@ LEASE_SIDECAR_URL (the local API) and LEASE_SIDECAR_ROLE_DIR, for the main conta
 {{/*
 Usage (in a template file of its own, e.g. templates/lease-sidecar.yaml):
   {{ include "lease-sidecar.objects" $ }}
-Every namespace-level object: "lease-sidecar.rbac" then "lease-sidecar.monitoring".
+Every namespace-level object: "lease-sidecar.rbac", "lease-sidecar.leaderService" (if enabled), then "lease-sidecar.monitoring".
 */}}
 {{- define "lease-sidecar.objects" -}}
 {{- include "lease-sidecar.internal.call" (list "lease-sidecar.impl.objects" .) -}}
 {{- end -}}
 
 {{- define "lease-sidecar.impl.objects" -}}
-{{- $rbac := include "lease-sidecar.impl.rbac" . -}}
-{{- $monitoring := include "lease-sidecar.impl.monitoring" . -}}
-{{- $rbac -}}
-{{- if and $rbac $monitoring }}
----
-{{ end -}}
-{{- $monitoring -}}
+{{- $docs := list -}}
+{{- range $part := list "rbac" "leaderService" "monitoring" -}}
+{{- with include (printf "lease-sidecar.impl.%s" $part) $ -}}
+{{- $docs = append $docs . -}}
+{{- end -}}
+{{- end -}}
+{{- join "\n---\n" $docs -}}
+{{- end -}}
+
+{{/*
+Usage: {{ include "lease-sidecar.leaderServiceName" $ }}
+Name of the leader Service: leaderService.name, else "<release>-leader".
+*/}}
+{{- define "lease-sidecar.leaderServiceName" -}}
+{{- include "lease-sidecar.internal.call" (list "lease-sidecar.impl.leaderServiceName" .) -}}
+{{- end -}}
+
+{{- define "lease-sidecar.impl.leaderServiceName" -}}
+{{- default (printf "%s-leader" .Release.Name | trunc 63 | trimSuffix "-") .Values.leaderService.name -}}
+{{- end -}}
+
+{{/*
+Usage: {{ include "lease-sidecar.leaderService" $ }}
+With leaderService.enabled: a Service without a selector. The leader's sidecar writes its
+EndpointSlice (same name, label kubernetes.io/service-name), holding only the leader's pod IP.
+*/}}
+{{- define "lease-sidecar.leaderService" -}}
+{{- include "lease-sidecar.internal.call" (list "lease-sidecar.impl.leaderService" .) -}}
+{{- end -}}
+
+{{- define "lease-sidecar.impl.leaderService" -}}
+{{- if .Values.leaderService.enabled -}}
+apiVersion: v1
+kind: Service
+metadata:
+  name: {{ include "lease-sidecar.impl.leaderServiceName" . }}
+  namespace: {{ .Release.Namespace }}
+  labels:
+    {{- include "lease-sidecar.impl.labels" . | nindent 4 }}
+spec:
+  # No selector: the EndpointSlice controller leaves this Service alone; the leader writes it.
+  ports:
+    {{- toYaml .Values.leaderService.ports | nindent 4 }}
+{{- end -}}
 {{- end -}}
 
 {{/*
@@ -492,6 +553,36 @@ rules:
   - apiGroups: ["coordination.k8s.io"]
     resources: ["leases"]
     verbs: ["create"]
+  {{- if .Values.events.enabled }}
+  # Events on the Lease. Their names are generated, so this cannot be limited by name; no get,
+  # list, watch, update or delete.
+  - apiGroups: ["events.k8s.io"]
+    resources: ["events"]
+    verbs: ["create", "patch"]
+  {{- end }}
+  {{- if .Values.leaderService.enabled }}
+  {{- $service := include "lease-sidecar.impl.leaderServiceName" . }}
+  # The leader Service: read its ports; read and compare-and-swap its one EndpointSlice. create
+  # cannot be limited by name (the first leader creates the slice); no delete.
+  - apiGroups: [""]
+    resources: ["services"]
+    resourceNames: [{{ $service | quote }}]
+    verbs: ["get"]
+  - apiGroups: ["discovery.k8s.io"]
+    resources: ["endpointslices"]
+    resourceNames: [{{ $service | quote }}]
+    verbs: ["get", "update"]
+  - apiGroups: ["discovery.k8s.io"]
+    resources: ["endpointslices"]
+    verbs: ["create"]
+  {{- end }}
+  {{- if .Values.labelPod }}
+  # --label-pod: its own pod's role label. Pod names are generated, so this is every pod of the
+  # namespace (see labelPod in values.yaml).
+  - apiGroups: [""]
+    resources: ["pods"]
+    verbs: ["patch"]
+  {{- end }}
 {{- end -}}
 
 {{/*
