@@ -14,7 +14,7 @@ OTHER_PYTHONS ?= 3.12 3.13
 # pyenv's newest X.Y.*, else pythonX.Y on PATH.
 python_for = $(or $(lastword $(sort $(wildcard $(HOME)/.pyenv/versions/$(1).*/bin/python$(1)))),python$(1))
 
-.PHONY: venv lock cluster demo test unit unit-optimized test-pythons python-subset lint bench down clean
+.PHONY: venv lock cluster demo demo-pods test unit unit-optimized test-pythons python-subset lint bench down clean
 
 # Installs come only from the hashed lock files in requirements/ (`make lock` refreshes them):
 # uv.lock pins the installer, dev.lock the package's dependencies with every extra, runtime.lock
@@ -50,6 +50,11 @@ cluster:
 
 demo: venv cluster
 	$(PY) deploy/local/demo.py
+
+# The example chart in real pods on the local node (started, with the image, if missing); a
+# leader pod deleted and the hand-over timed. Stdlib only: no venv needed.
+demo-pods:
+	$(PYTHON) deploy/local/demo_pods.py
 
 lint: venv
 	$(VENV)/bin/ruff check sidecar tests deploy bench

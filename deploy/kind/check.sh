@@ -8,9 +8,14 @@
 #   deploy/kind/check.sh                 # graceful delete: the sidecar releases the lease
 #   FORCE=1 deploy/kind/check.sh         # --grace-period=0 --force: the lease must expire (TTL)
 #   KEEP=1 deploy/kind/check.sh          # keep the cluster afterwards
+#   CONTEXT=local SKIP_IMAGE=1 IMAGE=lease-sidecar:0.1.0 deploy/kind/check.sh
+#                                        # any existing cluster (here the local node of
+#                                        # `deploy/local/cluster up --node`): no kind, no docker
 #
 # Environment: CLUSTER (kind cluster name), NAMESPACE, RELEASE, IMAGE (repository:tag to build),
-# TIMEOUT (seconds for each wait), FORCE, KEEP. A cluster that existed before is never deleted.
+# TIMEOUT (seconds for each wait), FORCE, KEEP, CONTEXT (an existing kubectl context: kind is not
+# used and nothing is created or deleted but the release), SKIP_IMAGE=1 (IMAGE is already on the
+# nodes: neither build nor load it). A cluster that existed before is never deleted.
 set -euo pipefail
 
 CLUSTER=${CLUSTER:-lease-sidecar}
@@ -20,10 +25,16 @@ IMAGE=${IMAGE:-lease-sidecar:kind}
 TIMEOUT=${TIMEOUT:-180}
 FORCE=${FORCE:-0}
 KEEP=${KEEP:-0}
+SKIP_IMAGE=${SKIP_IMAGE:-0}
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 CHART="$ROOT/charts/lease-sidecar-example"
-CONTEXT="kind-$CLUSTER"
+USE_KIND=1
+if [[ -n ${CONTEXT:-} ]]; then
+    USE_KIND=0
+else
+    CONTEXT="kind-$CLUSTER"
+fi
 LEASE="$RELEASE-leader" # the chart's default lease name
 CREATED_CLUSTER=0
 
@@ -49,11 +60,17 @@ cleanup() {
 }
 trap cleanup EXIT
 
-for tool in docker kind kubectl helm awk; do
+tools=(kubectl helm awk)
+if ((USE_KIND == 1)); then tools+=(kind); fi
+if ((SKIP_IMAGE != 1)); then tools+=(docker); fi
+for tool in "${tools[@]}"; do
     command -v "$tool" >/dev/null || die "$tool is not installed"
 done
 
-if kind get clusters 2>/dev/null | grep -qx "$CLUSTER"; then
+if ((USE_KIND == 0)); then
+    kubectl config get-contexts "$CONTEXT" >/dev/null 2>&1 || die "no kubectl context $CONTEXT"
+    say "using the existing cluster of context $CONTEXT"
+elif kind get clusters 2>/dev/null | grep -qx "$CLUSTER"; then
     say "reusing kind cluster $CLUSTER"
 else
     say "creating kind cluster $CLUSTER"
@@ -61,9 +78,14 @@ else
     kind create cluster --name "$CLUSTER" --wait 120s
 fi
 
-say "building $IMAGE"
-docker build --tag "$IMAGE" --build-arg REVISION="$(git -C "$ROOT" rev-parse HEAD 2>/dev/null || echo unknown)" "$ROOT"
-kind load docker-image "$IMAGE" --name "$CLUSTER"
+if ((SKIP_IMAGE == 1)); then
+    say "using $IMAGE as the nodes already have it"
+else
+    ((USE_KIND == 1)) || die "SKIP_IMAGE=1 is needed with CONTEXT: load $IMAGE into the cluster's nodes yourself"
+    say "building $IMAGE"
+    docker build --tag "$IMAGE" --build-arg REVISION="$(git -C "$ROOT" rev-parse HEAD 2>/dev/null || echo unknown)" "$ROOT"
+    kind load docker-image "$IMAGE" --name "$CLUSTER"
+fi
 
 say "installing $CHART as $RELEASE in $NAMESPACE"
 helm dependency build "$CHART" >/dev/null
@@ -71,7 +93,10 @@ helm upgrade --install "$RELEASE" "$CHART" --kube-context "$CONTEXT" --namespace
     --create-namespace --wait --timeout "${TIMEOUT}s" \
     --set "lease-sidecar.image.repository=${IMAGE%:*}" \
     --set "lease-sidecar.image.tag=${IMAGE##*:}" \
-    --set "lease-sidecar.image.pullPolicy=Never"
+    --set "lease-sidecar.image.pullPolicy=Never" \
+    --set "image.repository=${IMAGE%:*}" \
+    --set "image.tag=${IMAGE##*:}" \
+    --set "image.pullPolicy=Never"
 k rollout status "deployment/$RELEASE-lease-sidecar-example" --timeout "${TIMEOUT}s" >&2
 
 # Prints the names of the running pods whose role file says `leader`, one per line.

@@ -323,20 +323,12 @@ def load(address: str) -> str:
 
 
 def default_containerd_address() -> str:
-    """The node's containerd socket, from localcluster when it exposes one."""
+    """The local node's containerd socket (`deploy/local/cluster up --node`, node.py)."""
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     import localcluster  # only when loading into a node
+    import node
 
-    for name in ("CONTAINERD_SOCKET", "CONTAINERD_ADDRESS"):
-        value = getattr(localcluster, name, None)
-        if value:
-            return str(value)
-    paths = localcluster.Paths()
-    for name in ("containerd_socket", "containerd_address"):
-        value = getattr(paths, name, None)
-        if value:
-            return str(value)
-    raise ImageError("cannot tell where the node's containerd listens: pass --address")
+    return str(node.NodePaths(localcluster.Paths()).containerd_socket)
 
 
 def main(argv: list[str]) -> int:

@@ -1,0 +1,436 @@
+"""The example chart on the local node: install it, read every pod's role, watch the Lease, and
+time what users care about (a deleted leader's hand-over, a rollout's hand-overs).
+
+Shared by `make demo-pods` (deploy/local/demo_pods.py) and the node tests (tests/node/), so the
+figures the demo prints are measured the way the tests measure them. Stdlib only, like
+localcluster.py: it talks to the API server directly with the admin client certificate and runs
+the cached kubectl and helm for exec and the chart.
+
+Times are taken with `time.monotonic()` on this machine: a hand-over is timed from the moment
+the DELETE request is sent until the Lease watch delivers a record naming another holder, the
+moment that pod's sidecar became leader (it leads only once its write of the Lease succeeded).
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import shutil
+import socket
+import ssl
+import subprocess
+import tempfile
+import threading
+import time
+import urllib.parse
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import localcluster
+
+ROOT = Path(__file__).resolve().parents[2]
+CHARTS_DIR = ROOT / "charts"
+EXAMPLE_CHART = "lease-sidecar-example"
+APP_CONTAINER = "app"
+SIDECAR_CONTAINER = "lease-sidecar"  # the library chart's default containerName
+REQUEST_TIMEOUT_S = 15.0
+WAIT_TIMEOUT_S = 180.0
+POLL_INTERVAL_S = 0.5
+
+# Run in the app container: what the app sees of its role, over localhost and in the role file.
+APP_VIEW_SCRIPT = """
+import json, os, urllib.request
+role_dir, url = os.environ["LEASE_SIDECAR_ROLE_DIR"], os.environ["LEASE_SIDECAR_URL"]
+with urllib.request.urlopen(url + "/leader", timeout=5) as response:
+    body = json.load(response)
+with open(os.path.join(role_dir, "role")) as role_file:
+    role = role_file.read().strip()
+print(json.dumps({"file": role, "http": body["role"], "identity": body["identity"], "holder": body["holder"],
+                  "fencing_token": body["fencing_token"]}))
+"""
+
+
+class ReleaseError(Exception):
+    """A failure worth one line (no traceback): what did not happen in time, and what was seen."""
+
+
+# ---------------------------------------------------------------- the API server, directly
+
+
+class Api:
+    """Requests to the local API server as the admin (client certificate), with timeouts."""
+
+    def __init__(self, paths: localcluster.Paths | None = None) -> None:
+        paths = paths or localcluster.Paths()
+        self.host, self.port = "127.0.0.1", localcluster.APISERVER_PORT
+        self.context = ssl.create_default_context(cafile=str(paths.pki / "ca.crt"))
+        self.context.load_cert_chain(str(paths.pki / "admin.crt"), str(paths.pki / "admin.key"))
+
+    def connection(self, timeout_s: float = REQUEST_TIMEOUT_S) -> http.client.HTTPSConnection:
+        return http.client.HTTPSConnection(self.host, self.port, context=self.context, timeout=timeout_s)
+
+    def request(self, method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any] | None:
+        """The JSON answer, or None for 404."""
+        conn = self.connection()
+        try:
+            payload = json.dumps(body).encode() if body is not None else None
+            conn.request(method, path, body=payload, headers={"Content-Type": "application/json"})
+            response = conn.getresponse()
+            data = response.read()
+        finally:
+            conn.close()
+        if response.status == 404:
+            return None
+        if response.status >= 300:
+            raise ReleaseError(f"{method} {path}: {response.status} {data[:300]!r}")
+        return json.loads(data)
+
+    def pods(self, namespace: str, selector: str) -> list[dict[str, Any]]:
+        query = urllib.parse.urlencode({"labelSelector": selector})
+        answer = self.request("GET", f"/api/v1/namespaces/{namespace}/pods?{query}")
+        return (answer or {}).get("items", [])
+
+    def lease(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return self.request("GET", f"/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases/{name}")
+
+    def delete_pod(self, namespace: str, name: str, grace_period_s: int | None = None) -> None:
+        body = {"kind": "DeleteOptions", "apiVersion": "v1"}
+        if grace_period_s is not None:
+            body["gracePeriodSeconds"] = grace_period_s
+        self.request("DELETE", f"/api/v1/namespaces/{namespace}/pods/{name}", body)
+
+
+# ---------------------------------------------------------------- the Lease, watched
+
+
+@dataclass(frozen=True)
+class HolderChange:
+    at_s: float  # time.monotonic() when the watch delivered it
+    holder: str  # "" when released (or no Lease yet)
+    transitions: int
+
+
+class LeaseWatch:
+    """Records every change of the Lease's holder, as the API server's watch delivers it.
+
+    A background thread: list, then watch from the listed resourceVersion, resumed after each
+    timeout or disconnect. `changes` only ever grows; `wait_for` blocks on it."""
+
+    def __init__(self, api: Api, namespace: str, name: str) -> None:
+        self.api, self.namespace, self.name = api, namespace, name
+        self.changes: list[HolderChange] = []
+        self._cond = threading.Condition()
+        self._stopped = False
+        self._conn: http.client.HTTPSConnection | None = None
+        self._thread = threading.Thread(target=self._run, name=f"lease-watch-{name}", daemon=True)
+
+    def __enter__(self) -> LeaseWatch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stopped = True
+            conn = self._conn
+        if conn is not None and conn.sock is not None:
+            try:
+                conn.sock.shutdown(socket.SHUT_RDWR)  # unblocks the reading thread
+            except OSError:
+                pass
+        self._thread.join(timeout=5)
+
+    @property
+    def holder(self) -> str | None:
+        with self._cond:
+            return self.changes[-1].holder if self.changes else None
+
+    def _record(self, lease: dict[str, Any] | None) -> None:
+        spec = (lease or {}).get("spec") or {}
+        change = HolderChange(time.monotonic(), spec.get("holderIdentity") or "", spec.get("leaseTransitions") or 0)
+        with self._cond:
+            if not self.changes or self.changes[-1].holder != change.holder:
+                self.changes.append(change)
+                self._cond.notify_all()
+
+    def _run(self) -> None:
+        path = f"/apis/coordination.k8s.io/v1/namespaces/{self.namespace}/leases"
+        version = None
+        while not self._stopped:
+            try:
+                if version is None:
+                    listed = self.api.request("GET", f"{path}?fieldSelector=metadata.name%3D{self.name}") or {}
+                    items = listed.get("items", [])
+                    self._record(items[0] if items else None)
+                    version = listed.get("metadata", {}).get("resourceVersion")
+                version = self._watch(path, version)
+            except (OSError, http.client.HTTPException, ValueError, ReleaseError):
+                if not self._stopped:
+                    time.sleep(0.2)
+                version = None  # list again: nothing between the two is missed
+
+    def _watch(self, path: str, version: str | None) -> str | None:
+        query = urllib.parse.urlencode({"watch": "1", "fieldSelector": f"metadata.name={self.name}",
+                                        "resourceVersion": version or "", "timeoutSeconds": "60"})
+        conn = self.api.connection(timeout_s=90)
+        with self._cond:
+            if self._stopped:
+                return version
+            self._conn = conn
+        try:
+            conn.request("GET", f"{path}?{query}")
+            response = conn.getresponse()
+            if response.status != 200:
+                raise ReleaseError(f"watch: {response.status}")
+            while True:
+                line = response.readline()
+                if not line:
+                    return version  # the server ended the watch: resume from the last version
+                event = json.loads(line)
+                if event["type"] == "ERROR":
+                    return None  # e.g. 410 Gone: list again
+                lease = event["object"]
+                version = lease["metadata"]["resourceVersion"]
+                self._record(None if event["type"] == "DELETED" else lease)
+        finally:
+            conn.close()
+
+    def wait_for(self, predicate: Callable[[HolderChange], bool], timeout_s: float, since_s: float = 0.0,
+                 what: str = "a Lease change") -> HolderChange:
+        """The first change at or after `since_s` that satisfies `predicate`."""
+        deadline = time.monotonic() + timeout_s
+        with self._cond:
+            while True:
+                for change in self.changes:
+                    if change.at_s >= since_s and predicate(change):
+                        return change
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    seen = [(round(c.at_s - since_s, 3), c.holder) for c in self.changes if c.at_s >= since_s]
+                    raise ReleaseError(f"no {what} within {timeout_s:.0f}s; holders seen: {seen}")
+                self._cond.wait(timeout=left)
+
+    def since(self, since_s: float) -> list[HolderChange]:
+        with self._cond:
+            return [c for c in self.changes if c.at_s >= since_s]
+
+
+# ---------------------------------------------------------------- kubectl and helm
+
+
+def tool_env() -> dict[str, str]:
+    """kubectl and helm of the control plane's version on PATH, the admin kubeconfig."""
+    bins = [str(localcluster.build(name).parent) for name in ("kubectl", "helm")]
+    return {**os.environ, "KUBECONFIG": str(localcluster.Paths().kubeconfig),
+            "PATH": os.pathsep.join([*bins, os.environ.get("PATH", "")])}
+
+
+def run_tool(*argv: str, timeout_s: float = 120.0, check: bool = True,
+             env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout_s, env=env or tool_env())
+    if check and result.returncode != 0:
+        raise ReleaseError(f"{' '.join(argv[:4])} ... failed ({result.returncode}): {result.stderr.strip()[-800:]}")
+    return result
+
+
+def kubectl(*args: str, timeout_s: float = 60.0, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return run_tool("kubectl", *args, timeout_s=timeout_s, check=check)
+
+
+def packaged_example_chart(workdir: Path) -> Path:
+    """A copy of charts/ with the example's dependency packaged, so the checkout's gitignored
+    charts/*/charts/ is neither needed nor touched (helm's cache and config stay in workdir)."""
+    copy = workdir / "charts"
+    shutil.copytree(CHARTS_DIR, copy, ignore=shutil.ignore_patterns("charts", "Chart.lock", "*.tgz"))
+    helm_home = {f"HELM_{kind}_HOME": str(workdir / f"helm-{kind.lower()}") for kind in ("CACHE", "CONFIG", "DATA")}
+    run_tool("helm", "dependency", "build", str(copy / EXAMPLE_CHART), env={**tool_env(), **helm_home})
+    return copy / EXAMPLE_CHART
+
+
+# ---------------------------------------------------------------- a release of the example chart
+
+
+@dataclass(frozen=True)
+class AppView:
+    """What one pod's app sees: the role file and GET /leader over localhost."""
+
+    pod: str
+    file: str
+    http: str
+    holder: str | None
+
+
+@dataclass
+class Release:
+    api: Api
+    namespace: str
+    name: str
+    chart: Path
+    values: list[Path] = field(default_factory=list)
+    sets: list[str] = field(default_factory=list)
+
+    @property
+    def lease(self) -> str:
+        return f"{self.name}-leader"  # the chart's default lease name
+
+    @property
+    def deployment(self) -> str:
+        return f"{self.name}-{EXAMPLE_CHART}"
+
+    @property
+    def service_account(self) -> str:
+        return f"{self.name}-lease-sidecar"
+
+    @property
+    def selector(self) -> str:
+        return f"app.kubernetes.io/instance={self.name}"
+
+    def install(self, timeout_s: float = WAIT_TIMEOUT_S) -> None:
+        argv = ["helm", "upgrade", "--install", self.name, str(self.chart), "--namespace", self.namespace,
+                "--create-namespace", "--wait", "--timeout", f"{timeout_s:.0f}s"]
+        for path in self.values:
+            argv += ["--values", str(path)]
+        for assignment in self.sets:
+            argv += ["--set", assignment]
+        run_tool(*argv, timeout_s=timeout_s + 30)
+
+    def uninstall(self) -> None:
+        run_tool("helm", "uninstall", self.name, "--namespace", self.namespace, "--wait", "--timeout", "60s",
+                 timeout_s=90, check=False)
+        kubectl("delete", "namespace", self.namespace, "--wait=false", check=False)
+
+    def pods(self, running_only: bool = True) -> list[dict[str, Any]]:
+        pods = self.api.pods(self.namespace, self.selector)
+        if running_only:
+            pods = [p for p in pods
+                    if p["status"].get("phase") == "Running" and "deletionTimestamp" not in p["metadata"]]
+        return pods
+
+    def ready_pods(self) -> list[str]:
+        names = []
+        for pod in self.pods():
+            conditions = {c["type"]: c["status"] for c in pod["status"].get("conditions", [])}
+            if conditions.get("Ready") == "True":
+                names.append(pod["metadata"]["name"])
+        return sorted(names)
+
+    def app_view(self, pod: str) -> AppView | None:
+        result = kubectl("exec", "-n", self.namespace, pod, "-c", APP_CONTAINER, "--", "python", "-c",
+                         APP_VIEW_SCRIPT, check=False, timeout_s=30)
+        if result.returncode != 0:
+            return None
+        seen = json.loads(result.stdout)
+        return AppView(pod, seen["file"], seen["http"], seen["holder"])
+
+    def views(self) -> list[AppView]:
+        views = [self.app_view(name) for name in self.ready_pods()]
+        return [view for view in views if view is not None]
+
+    def holder(self) -> str:
+        lease = self.api.lease(self.namespace, self.lease)
+        return ((lease or {}).get("spec") or {}).get("holderIdentity") or ""
+
+    def wait_for_one_leader(self, replicas: int, not_pod: str = "", timeout_s: float = WAIT_TIMEOUT_S) -> str:
+        """Waits until `replicas` pods are Ready, each app sees one role in both places, exactly one
+        of them is leader, and the Lease names that pod. Returns its name."""
+        deadline = time.monotonic() + timeout_s
+        views: list[AppView] = []
+        while time.monotonic() < deadline:
+            views = self.views()
+            leaders = [v.pod for v in views if v.http == "leader" and v.file == "leader"]
+            settled = all(v.http == v.file and v.http in ("leader", "standby") for v in views)
+            if (len(views) == replicas and settled and len(leaders) == 1 and leaders[0] != not_pod
+                    and self.holder() == leaders[0]):
+                return leaders[0]
+            time.sleep(POLL_INTERVAL_S)
+        raise ReleaseError(f"no single leader among {replicas} ready pods within {timeout_s:.0f}s; "
+                           f"seen: {views}; Lease holder: {self.holder()!r}")
+
+
+@dataclass(frozen=True)
+class Failover:
+    deleted: str
+    successor: str
+    released_s: float | None  # DELETE sent -> the Lease seen released (None: never released)
+    new_leader_s: float  # DELETE sent -> the Lease seen held by another pod
+
+
+def delete_leader(release: Release, watch: LeaseWatch, leader: str, grace_period_s: int | None = None,
+                  timeout_s: float = 120.0) -> Failover:
+    """Deletes the leader pod (gracefully unless grace_period_s is given) and times the hand-over."""
+    sent = time.monotonic()
+    release.api.delete_pod(release.namespace, leader, grace_period_s)
+    taken = watch.wait_for(lambda c: c.holder not in ("", leader), timeout_s, since_s=sent,
+                           what=f"new holder after deleting {leader}")
+    released = [c.at_s - sent for c in watch.since(sent) if c.holder == "" and c.at_s <= taken.at_s]
+    return Failover(leader, taken.holder, released[0] if released else None, taken.at_s - sent)
+
+
+@dataclass(frozen=True)
+class Rollout:
+    duration_s: float  # `rollout restart` sent -> the rollout complete and a new pod leading
+    handovers: int  # changes of holder from one pod to another (through a release or not)
+    leaderless_s: float  # total time the Lease was seen without a holder
+    holders: list[str]
+
+
+def rollout_restart(release: Release, watch: LeaseWatch, replicas: int,
+                    timeout_s: float = WAIT_TIMEOUT_S) -> Rollout:
+    """`kubectl rollout restart` of the example; counts hand-overs and leaderless time until the
+    rollout is complete and one of the new pods leads."""
+    old_pods = {p["metadata"]["name"] for p in release.pods(running_only=False)}
+    sent = time.monotonic()
+    previous = watch.holder or ""
+    kubectl("rollout", "restart", "-n", release.namespace, f"deployment/{release.deployment}")
+    kubectl("rollout", "status", "-n", release.namespace, f"deployment/{release.deployment}",
+            f"--timeout={timeout_s:.0f}s", timeout_s=timeout_s + 30)
+    leader = release.wait_for_one_leader(replicas, timeout_s=timeout_s)
+    if leader in old_pods:
+        raise ReleaseError(f"after the rollout the leader {leader} is an old pod")
+    done = watch.wait_for(lambda c: c.holder == leader, timeout_s, since_s=0.0)
+    end = max(time.monotonic(), done.at_s)
+    changes = watch.since(sent)
+    handovers, leaderless_s, released_at = 0, 0.0, (sent if previous == "" else None)
+    last_holder = previous
+    for change in changes:
+        if change.holder == "":
+            released_at = change.at_s if released_at is None else released_at
+            continue
+        if released_at is not None:
+            leaderless_s += change.at_s - released_at
+            released_at = None
+        if change.holder != last_holder:
+            handovers += 1 if last_holder else 0
+            last_holder = change.holder
+    if released_at is not None:
+        leaderless_s += end - released_at
+    return Rollout(end - sent, handovers, leaderless_s, [c.holder for c in changes])
+
+
+def summary(values: list[float]) -> str:
+    """median [min, max] in seconds."""
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    median = ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
+    return f"{median:.3f}s [{ordered[0]:.3f}, {ordered[-1]:.3f}] over {len(ordered)}"
+
+
+def temporary_workdir() -> Path:
+    return Path(tempfile.mkdtemp(prefix="lease-sidecar-pods-"))
+
+
+def iter_audit_events(path: Path) -> Iterator[dict[str, Any]]:
+    """The API server's audit log (Lease requests only, see localcluster.AUDIT_POLICY)."""
+    if not path.exists():
+        return
+    with open(path) as log:
+        for line in log:
+            try:
+                yield json.loads(line)
+            except ValueError:
+                continue
