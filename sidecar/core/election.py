@@ -295,6 +295,9 @@ class Elector:
         if self._release_attempts >= self.MAX_RELEASE_ATTEMPTS:
             self._done = True
             return Done()
+        if self._held_token is None and self._maybe_written is None:
+            self._done = True  # nothing written, nothing of unknown outcome: nothing to release
+            return Done()
         if self._needs_read:
             return Wait(self._retry_at_mono) if now.mono < self._retry_at_mono else Read(timeout)
         if self._observed is None or not self._holds(self._observed.record):

@@ -325,7 +325,8 @@ def test_rendered_service_account_token_wins_the_election_in_cluster_mode(
     sidecar = sidecars.start("demo-pod-0", lease, namespace, tmp_path, kubeconfig=None, env=env,
                              drop_env=("KUBECONFIG",), timing=())
     try:
-        sidecars.wait_for(lambda: (sidecar.leader() or {}).get("is_leader") is True, timeout=20)
+        # A new election's first leader comes one lease TTL (the chart's 15 s) after no Lease was seen.
+        sidecars.wait_for(lambda: (sidecar.leader() or {}).get("is_leader") is True, timeout=35)
         body = sidecar.leader()
         assert body["holder"] == "demo-pod-0" and body["lease"] == f"{namespace}/{lease}"
         held = get_lease(namespace, lease)

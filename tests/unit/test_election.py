@@ -556,3 +556,16 @@ def test_an_earlier_terms_reason_never_describes_a_later_term() -> None:
     store.apply(a, create, at(11), at(11))
     assert a.view(11).role is BeatRole.LEADER
     assert a.view(17).term_end == TermEnd(2, "renew deadline passed")  # term 2's own end
+
+
+def test_closing_before_anything_was_written_is_done_without_a_call() -> None:
+    elector = Elector("a", CONFIG)  # SIGTERM during start-up: not even a read yet
+    elector.close(at(0))
+    assert isinstance(elector.next_action(at(0)), Done)
+    timed_out = Elector("a", CONFIG)  # an acquisition of unknown outcome must be read first
+    timed_out.observe(at(-10), None)
+    acquire = timed_out.next_action(at(0))
+    assert isinstance(acquire, Write)
+    timed_out.call_failed(at(1), acquire)
+    timed_out.close(at(1))
+    assert isinstance(timed_out.next_action(at(2)), Read)
