@@ -5,11 +5,15 @@ and the pytest fixture imports this same module (one code path for users, tests 
 
 Binaries are built from the Go module proxy with the versions pinned in `tools/*/go.mod` and
 cached under `$LOCAL_CLUSTER_CACHE` (default `~/.cache/lease-sidecar`), keyed by a hash of
-those pins, so a warm `up` only starts processes.
+those pins, so a warm `up` only starts processes. `up --node` adds a real node (node.py).
+
+`up` and `down` hold an fcntl lock on `<state dir>.lock`: two at once serialize, and the
+second `up` finds the cluster the first one started.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import json
@@ -23,6 +27,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +40,13 @@ ETCD_CLIENT_PORT = int(os.environ.get("LOCAL_CLUSTER_ETCD_PORT", "12379"))
 ETCD_PEER_PORT = ETCD_CLIENT_PORT + 1
 READY_TIMEOUT_S = 120.0
 SA_ISSUER = "https://kubernetes.default.svc.cluster.local"
+# The node's addresses (node.py): they exist only inside the node's network namespace, but the
+# apiserver advertises NODE_IP and its certificate names both, with or without a node.
+NODE_NAME = "local-node"
+NODE_IP = "10.222.0.2"
+SERVICE_CIDR = "10.96.0.0/16"
+KUBERNETES_SERVICE_IP = "10.96.0.1"  # the first address of SERVICE_CIDR
+PKI_VERSION = "2"  # bump when the certificates change; an older PKI is replaced by `up`
 
 KUBE_VERSION = "v1.37.2"  # must match tools/kube/go.mod; stamped into the binaries
 _KUBE_VERSION_PKGS = ("k8s.io/component-base/version", "k8s.io/client-go/pkg/version")
@@ -147,31 +159,80 @@ def _openssl(*args: str, cwd: Path) -> None:
         raise ClusterError(f"openssl {args[0]} failed: {result.stderr.strip().splitlines()[-1:]}")
 
 
-def _issue_cert(pki: Path, name: str, subject: str, ext: str) -> None:
-    _openssl("req", "-new", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key",
-             "-out", f"{name}.csr", "-subj", subject, cwd=pki)
+# Extensions as a real cluster's (kubeadm's): Python 3.13's default TLS context rejects a CA
+# without keyUsage and leaves without authorityKeyIdentifier.
+_CA_EXTENSIONS = """\
+[req]
+distinguished_name = dn
+[dn]
+[ca]
+basicConstraints = critical, CA:TRUE
+keyUsage = critical, digitalSignature, keyEncipherment, keyCertSign, cRLSign
+subjectKeyIdentifier = hash
+"""
+_LEAF_EXTENSIONS = """\
+basicConstraints = critical, CA:FALSE
+keyUsage = critical, digitalSignature, keyEncipherment
+extendedKeyUsage = {usage}
+subjectKeyIdentifier = hash
+authorityKeyIdentifier = keyid, issuer
+"""
+_EC_KEY = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1")
+
+
+def _issue_cert(pki: Path, name: str, subject: str, usage: str, sans: tuple[str, ...] = ()) -> None:
+    _openssl("req", "-new", *_EC_KEY, "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", subject,
+             cwd=pki)
+    ext = _LEAF_EXTENSIONS.format(usage=usage) + (f"subjectAltName = {','.join(sans)}\n" if sans else "")
     (pki / f"{name}.ext").write_text(ext)
-    _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
-             "-CAcreateserial", "-days", "365", "-out", f"{name}.crt", "-extfile", f"{name}.ext", cwd=pki)
+    _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+             "-days", "365", "-sha256", "-out", f"{name}.crt", "-extfile", f"{name}.ext", cwd=pki)
+
+
+# name -> (subject, extendedKeyUsage, SANs). Client certificates carry the identity RBAC and the
+# Node authorizer expect; the kubelet's serving certificate names the node as the apiserver dials it.
+def _leaf_certs() -> dict[str, tuple[str, str, tuple[str, ...]]]:
+    return {
+        "apiserver": ("/CN=kube-apiserver", "serverAuth", (
+            "IP:127.0.0.1", f"IP:{NODE_IP}", f"IP:{KUBERNETES_SERVICE_IP}", "DNS:localhost", "DNS:kubernetes",
+            "DNS:kubernetes.default", "DNS:kubernetes.default.svc", "DNS:kubernetes.default.svc.cluster.local")),
+        "admin": ("/O=system:masters/CN=local-admin", "clientAuth", ()),
+        "apiserver-kubelet-client": ("/O=system:masters/CN=kube-apiserver-kubelet-client", "clientAuth", ()),
+        "kubelet": (f"/O=system:nodes/CN=system:node:{NODE_NAME}", "clientAuth", ()),
+        "kubelet-serving": (f"/O=system:nodes/CN=system:node:{NODE_NAME}", "serverAuth",
+                            (f"IP:{NODE_IP}", "IP:127.0.0.1", f"DNS:{NODE_NAME}")),
+        "kube-proxy": ("/CN=system:kube-proxy", "clientAuth", ()),
+        "kube-controller-manager": ("/CN=system:kube-controller-manager", "clientAuth", ()),
+        "kube-scheduler": ("/CN=system:kube-scheduler", "clientAuth", ()),
+    }
+
+
+def pki_current(pki: Path) -> bool:
+    version = pki / "VERSION"
+    return version.exists() and version.read_text().strip() == PKI_VERSION
 
 
 def make_pki(pki: Path) -> None:
-    """CA, apiserver serving cert, admin client cert (system:masters), SA signing key."""
-    if (pki / "admin.crt").exists():
+    """CA, apiserver serving cert, client certs (admin, node parts), kubelet serving cert, SA key."""
+    if pki_current(pki):
         return
-    pki.mkdir(parents=True, exist_ok=True)
-    _openssl("req", "-x509", "-new", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key",
-             "-out", "ca.crt", "-days", "365", "-subj", "/CN=lease-sidecar-local-ca", cwd=pki)
-    _issue_cert(pki, "apiserver", "/CN=kube-apiserver",
-                "subjectAltName=IP:127.0.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,"
-                "DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local\n"
-                "extendedKeyUsage=serverAuth\n")
-    _issue_cert(pki, "admin", "/O=system:masters/CN=local-admin", "extendedKeyUsage=clientAuth\n")
+    if pki.exists():
+        shutil.rmtree(pki)
+    pki.mkdir(parents=True)
+    (pki / "openssl.cnf").write_text(_CA_EXTENSIONS)
+    _openssl("req", "-x509", "-new", *_EC_KEY, "-nodes", "-keyout", "ca.key", "-out", "ca.crt", "-days", "3650",
+             "-sha256", "-subj", "/CN=lease-sidecar-local-ca", "-config", "openssl.cnf", "-extensions", "ca",
+             cwd=pki)
+    for name, (subject, usage, sans) in _leaf_certs().items():
+        _issue_cert(pki, name, subject, usage, sans)
     _openssl("genpkey", "-algorithm", "RSA", "-out", "sa.key", "-pkeyopt", "rsa_keygen_bits:2048", cwd=pki)
     _openssl("pkey", "-in", "sa.key", "-pubout", "-out", "sa.pub", cwd=pki)
+    (pki / "VERSION").write_text(PKI_VERSION + "\n")
 
 
-def write_kubeconfig(path: Path, pki: Path) -> None:
+def write_kubeconfig(path: Path, pki: Path, user: str = "admin") -> None:
+    """A kubeconfig for `user` (a client certificate in `pki`), server https://127.0.0.1:APISERVER_PORT
+    (that address works on the machine and, through nsforward, inside the node namespace)."""
     # JSON is valid YAML; kubectl, helm and kubernetes-asyncio all read it.
     config = {
         "apiVersion": "v1",
@@ -179,10 +240,10 @@ def write_kubeconfig(path: Path, pki: Path) -> None:
         "clusters": [{"name": "local", "cluster": {
             "server": f"https://127.0.0.1:{APISERVER_PORT}",
             "certificate-authority": str(pki / "ca.crt")}}],
-        "users": [{"name": "local-admin", "user": {
-            "client-certificate": str(pki / "admin.crt"),
-            "client-key": str(pki / "admin.key")}}],
-        "contexts": [{"name": "local", "context": {"cluster": "local", "user": "local-admin"}}],
+        "users": [{"name": user, "user": {
+            "client-certificate": str(pki / f"{user}.crt"),
+            "client-key": str(pki / f"{user}.key")}}],
+        "contexts": [{"name": "local", "context": {"cluster": "local", "user": user}}],
         "current-context": "local",
     }
     path.write_text(json.dumps(config, indent=2) + "\n")
@@ -219,6 +280,11 @@ class Paths:
     def audit_log(self) -> Path:
         return self.root / "audit.log"
 
+    @property
+    def lock_file(self) -> Path:
+        # Beside the state directory, not in it: `down` removes the directory, the lock stays valid.
+        return self.root.parent / f"{self.root.name}.lock"
+
     def pid_file(self, name: str) -> Path:
         return self.root / f"{name}.pid"
 
@@ -245,10 +311,13 @@ def running_pid(paths: Paths, name: str) -> int | None:
     file after a reboot or a killed session may name an unrelated process by now)."""
     try:
         pid = int(paths.pid_file(name).read_text())
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0]
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except (OSError, ValueError):
         return None
-    return pid if _pid_alive(pid) and Path(cmdline.decode(errors="replace")).name == name else None
+    # `name` is the program (argv[0]), or for a script such as nsforward.py, argv[1]'s stem.
+    names = {Path(arg.decode(errors="replace")).name for arg in argv[:1]}
+    names |= {Path(arg.decode(errors="replace")).stem for arg in argv[1:2]}
+    return pid if _pid_alive(pid) and name in names else None
 
 
 def _port_free(port: int) -> bool:
@@ -287,6 +356,16 @@ def is_ready(paths: Paths) -> bool:
         return False
 
 
+def api_get(paths: Paths, api_path: str, method: str = "GET") -> dict | None:
+    """GET (or DELETE) an API path as the admin; None when absent or unreachable."""
+    request = urllib.request.Request(f"https://127.0.0.1:{APISERVER_PORT}{api_path}", method=method)
+    try:
+        with urllib.request.urlopen(request, context=_admin_ssl_context(paths), timeout=5) as resp:
+            return json.load(resp)
+    except (urllib.error.URLError, OSError, ssl.SSLError, ValueError):
+        return None
+
+
 def _wait_ready(paths: Paths, apiserver_pid: int) -> None:
     deadline = time.monotonic() + READY_TIMEOUT_S
     while time.monotonic() < deadline:
@@ -311,20 +390,110 @@ def _wait_port(port: int, pid: int, name: str, log: Path) -> None:
     raise ClusterError(f"{name} did not listen on 127.0.0.1:{port}; see {log}")
 
 
-def up(paths: Paths = Paths()) -> Paths:
-    """Build what is missing, start etcd and kube-apiserver, wait for /readyz. Idempotent."""
-    if running_pid(paths, "kube-apiserver") and is_ready(paths):
-        say(f"already running: https://127.0.0.1:{APISERVER_PORT}")
-        return paths
+@contextlib.contextmanager
+def state_lock(paths: Paths, shared: bool = False, wait: bool = True) -> Iterator[bool]:
+    """fcntl lock beside the state directory: `up` and `down` hold it exclusively, so a second
+    `up` waits for the first and then finds the cluster running. Yields whether it was taken
+    (always True when `wait`)."""
+    paths.lock_file.parent.mkdir(parents=True, exist_ok=True)
+    with open(paths.lock_file, "a") as lock:
+        mode = fcntl.LOCK_SH if shared else fcntl.LOCK_EX
+        try:
+            fcntl.flock(lock, mode if wait else mode | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        yield True
+
+
+EGRESS_SELECTOR = """\
+# The apiserver lives in the machine's network namespace, the kubelet and pods in the node's:
+# traffic to them ("cluster") goes as HTTP CONNECT over a unix socket to nsforward, which dials
+# inside the node's namespace (see node.py). Without a node the socket is absent and such
+# requests (logs, exec) fail, as they would with no node at all.
+apiVersion: apiserver.k8s.io/v1beta1
+kind: EgressSelectorConfiguration
+egressSelections:
+  - name: cluster
+    connection:
+      proxyProtocol: HTTPConnect
+      transport:
+        uds:
+          udsName: {socket}
+"""
+
+
+def _apiserver_argv(paths: Paths, binary: Path) -> list[str]:
+    """One configuration with or without a node, so adding the node never restarts the apiserver."""
+    pki = paths.pki
+    return [
+        str(binary),
+        f"--etcd-servers=http://127.0.0.1:{ETCD_CLIENT_PORT}",
+        # Serves on loopback only; advertises the node IP, which the `kubernetes` Service's endpoint
+        # points at and which exists only inside the node's namespace (nsforward relays it here).
+        "--bind-address=127.0.0.1", f"--advertise-address={NODE_IP}", f"--secure-port={APISERVER_PORT}",
+        f"--tls-cert-file={pki / 'apiserver.crt'}", f"--tls-private-key-file={pki / 'apiserver.key'}",
+        f"--client-ca-file={pki / 'ca.crt'}",
+        "--authorization-mode=Node,RBAC", "--enable-admission-plugins=NodeRestriction",
+        f"--kubelet-client-certificate={pki / 'apiserver-kubelet-client.crt'}",
+        f"--kubelet-client-key={pki / 'apiserver-kubelet-client.key'}",
+        f"--kubelet-certificate-authority={pki / 'ca.crt'}",
+        "--kubelet-preferred-address-types=InternalIP",  # no DNS for the node's name
+        f"--egress-selector-config-file={paths.root / 'egress-selector.yaml'}",
+        f"--service-account-issuer={SA_ISSUER}",
+        f"--service-account-key-file={pki / 'sa.pub'}",
+        f"--service-account-signing-key-file={pki / 'sa.key'}",
+        f"--service-cluster-ip-range={SERVICE_CIDR}",
+        f"--audit-policy-file={paths.root / 'audit-policy.yaml'}",
+        f"--audit-log-path={paths.audit_log}", "--audit-log-mode=batch",
+        "--audit-log-batch-max-wait=1s",
+        "--v=1",
+    ]
+
+
+def _running_argv(pid: int) -> list[str]:
+    try:
+        return [arg.decode() for arg in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[:-1]]
+    except OSError:
+        return []
+
+
+def up(paths: Paths = Paths(), with_node: bool = False) -> Paths:
+    """Build what is missing, start etcd and kube-apiserver, wait for /readyz; with `with_node`, the
+    node too (node.py). Idempotent; concurrent calls serialize on the state lock and reuse."""
+    with state_lock(paths):
+        _up_control_plane(paths)
+        if with_node:
+            import node  # here, not at the top: node.py imports this module
+
+            node.up(paths)
+    return paths
+
+
+def _up_control_plane(paths: Paths) -> None:
+    pid = running_pid(paths, "kube-apiserver")
+    if pid and is_ready(paths) and pki_current(paths.pki):
+        wanted = _apiserver_argv(paths, TOOLS["kube-apiserver"].cache_path())
+        if _running_argv(pid) == wanted:
+            say(f"already running: https://127.0.0.1:{APISERVER_PORT}")
+            return
+        # Started by an older version of this script: restart the apiserver alone, etcd keeps the data.
+        say("kube-apiserver runs with an older configuration: restarting it")
+        if _node_may_exist(paths):  # its scheduler and kube-proxy do not survive the restart well
+            import node
+
+            node.down(paths)
+        _stop(paths, "kube-apiserver")
+        _start_apiserver(paths, build_all()["kube-apiserver"])
+        return
     bins = build_all()
-    down(paths, quiet=True)  # a half-started or crashed plane: start from clean state
+    down(paths, quiet=True, locked=True)  # a half-started or crashed plane, or an old PKI: start clean
     for port in (APISERVER_PORT, ETCD_CLIENT_PORT, ETCD_PEER_PORT):
         if not _port_free(port):
             raise ClusterError(f"port 127.0.0.1:{port} is in use; free it or set LOCAL_CLUSTER_*_PORT")
     paths.root.mkdir(parents=True, exist_ok=True)
     make_pki(paths.pki)
     write_kubeconfig(paths.kubeconfig, paths.pki)
-    (paths.root / "audit-policy.yaml").write_text(AUDIT_POLICY)
     started = time.monotonic()
     etcd_pid = _spawn(paths, "etcd", [
         str(bins["etcd"]), "--name=local", f"--data-dir={paths.root / 'etcd-data'}",
@@ -337,36 +506,23 @@ def up(paths: Paths = Paths()) -> Paths:
         "--log-level=warn",
     ])
     _wait_port(ETCD_CLIENT_PORT, etcd_pid, "etcd", paths.log_file("etcd"))
-    pki = paths.pki
-    apiserver_pid = _spawn(paths, "kube-apiserver", [
-        str(bins["kube-apiserver"]),
-        f"--etcd-servers=http://127.0.0.1:{ETCD_CLIENT_PORT}",
-        "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1", f"--secure-port={APISERVER_PORT}",
-        f"--tls-cert-file={pki / 'apiserver.crt'}", f"--tls-private-key-file={pki / 'apiserver.key'}",
-        f"--client-ca-file={pki / 'ca.crt'}",
-        "--authorization-mode=RBAC",
-        f"--service-account-issuer={SA_ISSUER}",
-        f"--service-account-key-file={pki / 'sa.pub'}",
-        f"--service-account-signing-key-file={pki / 'sa.key'}",
-        "--service-cluster-ip-range=10.96.0.0/16",
-        # No kubelets or Services here; a loopback advertise address needs no endpoint reconciling.
-        "--endpoint-reconciler-type=none",
-        f"--audit-policy-file={paths.root / 'audit-policy.yaml'}",
-        f"--audit-log-path={paths.audit_log}", "--audit-log-mode=batch",
-        "--audit-log-batch-max-wait=1s",
-        "--v=1",
-    ])
-    _wait_ready(paths, apiserver_pid)
+    _start_apiserver(paths, bins["kube-apiserver"])
     say(f"ready in {time.monotonic() - started:.1f}s: https://127.0.0.1:{APISERVER_PORT} "
         f"(KUBECONFIG={paths.kubeconfig})")
-    return paths
 
 
-def _stop(paths: Paths, name: str) -> None:
+def _start_apiserver(paths: Paths, binary: Path) -> None:
+    (paths.root / "audit-policy.yaml").write_text(AUDIT_POLICY)
+    (paths.root / "egress-selector.yaml").write_text(EGRESS_SELECTOR.format(socket=paths.root / "egress.sock"))
+    apiserver_pid = _spawn(paths, "kube-apiserver", _apiserver_argv(paths, binary))
+    _wait_ready(paths, apiserver_pid)
+
+
+def _stop(paths: Paths, name: str, timeout_s: float = 15.0) -> None:
     pid = running_pid(paths, name)
     if pid is not None:
         os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + 15
+        deadline = time.monotonic() + timeout_s
         while _pid_alive(pid) and time.monotonic() < deadline:
             time.sleep(0.1)
         if _pid_alive(pid):
@@ -374,12 +530,26 @@ def _stop(paths: Paths, name: str) -> None:
     paths.pid_file(name).unlink(missing_ok=True)
 
 
-def down(paths: Paths = Paths(), quiet: bool = False) -> None:
-    """Stop both processes and remove their state (PKI, etcd data, logs)."""
-    for name in ("kube-apiserver", "etcd"):
-        _stop(paths, name)
-    if paths.root.exists():
-        shutil.rmtree(paths.root)
+def _node_may_exist(paths: Paths) -> bool:
+    return (paths.root / "node").exists() or Path("/run/lease-sidecar-node").exists()
+
+
+def down(paths: Paths = Paths(), quiet: bool = False, locked: bool = False, node_only: bool = False) -> None:
+    """Stop the node (if any), then etcd and the apiserver, and remove their state. With
+    `node_only`, the control plane keeps running."""
+    with contextlib.nullcontext() if locked else state_lock(paths):
+        if _node_may_exist(paths):
+            import node
+
+            node.down(paths)
+        if node_only:
+            if not quiet:
+                say("node stopped; the control plane keeps running")
+            return
+        for name in ("kube-apiserver", "etcd"):
+            _stop(paths, name)
+        if paths.root.exists():
+            shutil.rmtree(paths.root)
     if not quiet:
         say("stopped; state removed")
 
@@ -398,46 +568,67 @@ def resume_apiserver(pid: int) -> None:
 
 
 def status(paths: Paths = Paths()) -> bool:
-    healthy = True
-    for name in ("etcd", "kube-apiserver"):
-        pid = running_pid(paths, name)
-        print(f"{name}: {f'running (pid {pid})' if pid else 'stopped'}")
-        healthy = healthy and pid is not None
-    ready = is_ready(paths)
-    print(f"readyz: {'ok' if ready else 'not ready'}")
-    return healthy and ready
+    """Print what runs; True when the control plane (and the node, if it was started) is healthy."""
+    with state_lock(paths, shared=True, wait=False) as quiet:
+        if not quiet:
+            print("note: an `up` or `down` is in progress; this is the state right now")
+        healthy = True
+        for name in ("etcd", "kube-apiserver"):
+            pid = running_pid(paths, name)
+            print(f"{name}: {f'running (pid {pid})' if pid else 'stopped'}")
+            healthy = healthy and pid is not None
+        ready = is_ready(paths)
+        print(f"readyz: {'ok' if ready else 'not ready'}")
+        healthy = healthy and ready
+        if (paths.root / "node").exists():
+            import node
+
+            healthy = node.status(paths) and healthy
+    return healthy
 
 
 def env_lines(paths: Paths = Paths()) -> list[str]:
     bin_dirs = [str(TOOLS[name].cache_path().parent) for name in ("kubectl", "helm")]
-    return [
+    lines = [
         f"export KUBECONFIG={paths.kubeconfig}",
         f"export PATH={':'.join(bin_dirs)}:$PATH",
     ]
+    if (paths.root / "node").exists():
+        # For `ctr --address=$CONTAINERD_ADDRESS -n k8s.io images ls` and the like.
+        lines.append(f"export CONTAINERD_ADDRESS={paths.root / 'node' / 'containerd.sock'}")
+    return lines
+
+
+USAGE = """\
+usage: cluster {up [--node] | env | status | down [--node] | build [tool...]}
+  up          etcd + kube-apiserver on 127.0.0.1 (idempotent)
+  up --node   ... and a node (containerd, kubelet, kube-proxy, controller-manager, scheduler)
+              in its own network namespace; needs root
+  down        stop everything and remove the state; down --node stops only the node"""
 
 
 def main(argv: list[str]) -> int:
-    usage = "usage: cluster {up|env|status|down|build [tool...]}"
     if not argv or argv[0] in ("-h", "--help"):
-        print(usage)
+        print(USAGE)
         return 0 if argv else 2
     command, rest = argv[0], argv[1:]
+    with_node = rest == ["--node"]
     try:
-        if command == "up":
-            up()
-        elif command == "env":
+        if command == "up" and rest in ([], ["--node"]):
+            up(with_node=with_node)
+        elif command == "env" and not rest:
             print("\n".join(env_lines()))
-        elif command == "status":
+        elif command == "status" and not rest:
             return 0 if status() else 1
-        elif command == "down":
-            down()
+        elif command == "down" and rest in ([], ["--node"]):
+            down(node_only=with_node)
         elif command == "build":
             for name in rest or CONTROL_PLANE_TOOLS:
                 if name not in TOOLS:
                     raise ClusterError(f"unknown tool {name!r}; known: {', '.join(TOOLS)}")
                 print(build(name))
         else:
-            print(usage, file=sys.stderr)
+            print(USAGE, file=sys.stderr)
             return 2
     except ClusterError as error:
         print(f"cluster: error: {error}", file=sys.stderr)
