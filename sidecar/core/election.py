@@ -35,6 +35,15 @@ record at local time t (the same record observed again changes nothing):
 The leader that observes its record deleted or replaced is a candidate like any other: it
 publishes standby at once (L1), then obeys the fences (its own record's F2, and F3).
 
+Hand-over (core/succession.py)
+* H1. A leader asked to hand over (request_handover, the record's handover-to annotation, or a
+  preferredHolder naming another) ends its term first, then writes a release naming the successor
+  (annotation lease-sidecar.io/successor) and clearing the request; it stays a candidate. Every
+  other graceful release (close) names the successor chosen from the members view, if any.
+* H2. A release naming a successor may be taken only by that successor for SUCCESSOR_WINDOW_S
+  after this process saw it; then by anyone. This adds a wait, never a write, so it cannot weaken
+  the rules above.
+
 Safety argument. Take any holder H (duration d, deadline D < d) and its last successful write W,
 started at s: H leads until at most s + D. Any state a candidate C observes after W (W's record,
 a later change, the Lease's absence) exists only after W started, so C observes it at t > s.
@@ -71,6 +80,7 @@ from datetime import datetime
 from sidecar.core.config import ElectionConfig
 from sidecar.core.lock import Versioned
 from sidecar.core.record import RELEASED_DURATION_S, LeaseRecord
+from sidecar.core.succession import Member, choose_successor, requested_successor, reserved_for, reserved_until
 
 
 class BeatRole(enum.StrEnum):
@@ -207,6 +217,14 @@ class Elector:
         self._stream_versions: deque[str] = deque(maxlen=32)
         self.write_generation = 0
         """Counts successful writes; a list sent before one of them landed may be stale."""
+        self._handover_to: str | None = None
+        """The successor this leader was asked (locally) to release to; see core/succession.py."""
+        self._handing_over = False
+        """The term has ended for a hand-over; the release to `_handover_to` is being written."""
+        self.members: list[Member] = []
+        """The other candidates as the members view shows them, for choosing a successor."""
+        self.own_revision = ""
+        """This pod's revision (pod-template-hash), "" if unknown."""
 
     # ------------------------------------------------------------------ queries
 
@@ -257,6 +275,17 @@ class Elector:
         if self._needs_read:
             # A leader's read is capped like its renewal: nothing may hold the loop past the deadline.
             return Read(timeout if self._term is None else min(timeout, self.valid_until_mono - now.mono))
+        if self._handing_over:
+            handover = self._handover_action(now, timeout)
+            if handover is not None:
+                return handover
+        if self._term is not None and self._observed is not None:
+            successor = self._handover_to or requested_successor(self._observed.record, self.identity)
+            if successor:
+                # Standby first: the driver publishes this before it sends the release.
+                self._end_term(f"handing over to {successor}")
+                self._handing_over, self._handover_to, self._release_attempts = True, successor, 0
+                return self._release_write(now, timeout, successor)
         if self._term is not None:
             due = self._term.last_renew_started_mono + self.config.renewal_interval_s
             if now.mono < due:
@@ -279,6 +308,10 @@ class Elector:
                 return Wait(until, why)
         if record is None or self._observed is None:
             return Write("acquire", self._new_term_record(None, now), None, timeout)
+        if _is_release(record):
+            reserved = reserved_until(record, self.identity, self._observed_changed_mono)
+            if reserved is not None and now.mono < reserved:
+                return Wait(reserved, f"released to {reserved_for(record)}: theirs for now")
         taken_over = None
         if record.holder and not self._holds(record):
             taken_over = "expired"
@@ -303,10 +336,39 @@ class Elector:
         if self._observed is None or not self._holds(self._observed.record):
             self._done = True
             return Done()
+        return self._release_write(now, timeout, self._handover_to or self.choose_successor(replacing_self=True))
+
+    def _handover_action(self, now: Moment, timeout: float) -> Action | None:
+        """Releasing to a successor: like closing, but back to standby afterwards (None: done)."""
+        if self._release_attempts < self.MAX_RELEASE_ATTEMPTS and self._held_token is not None:
+            if self._needs_read:
+                return Wait(self._retry_at_mono) if now.mono < self._retry_at_mono else Read(timeout)
+            if self._observed is not None and self._holds(self._observed.record):
+                return self._release_write(now, timeout, self._handover_to)
+        self._handing_over, self._handover_to = False, None  # released, or the lease will expire
+        return None
+
+    def _release_write(self, now: Moment, timeout: float, successor: str | None) -> Write:
+        """client-go's release, naming the successor (only it may take the lease for a while);
+        a hand-over request or preferredHolder it answers is cleared."""
+        if self._observed is None:
+            raise RuntimeError("release without an observed record")  # callers check _holds first
         self._release_attempts += 1
         record = replace(self._observed.record, holder="", duration_s=RELEASED_DURATION_S,
-                         acquire_time=now.wall, renew_time=now.wall)
+                         acquire_time=now.wall, renew_time=now.wall, successor=successor or "",
+                         handover_to="", preferred_holder="")
         return Write("release", record, self._observed.version, timeout)
+
+    def choose_successor(self, replacing_self: bool = False) -> str | None:
+        """Whom a graceful release names (see core/succession.py)."""
+        return choose_successor(self.members, self.identity, self.own_revision, replacing_self)
+
+    def request_handover(self, successor: str, now: Moment) -> bool:
+        """Release to `successor` at the next action. False if not leading now (or it is us)."""
+        if not self.is_leader(now.mono) or not successor or successor == self.identity:
+            return False
+        self._handover_to = successor
+        return True
 
     def _fence(self, now: Moment) -> tuple[float, str]:
         """The latest fence still ahead (rules F1-F3), or (-inf, "") when all have passed."""
@@ -357,7 +419,7 @@ class Elector:
         token = max(base, self._highest_token) + 1
         return LeaseRecord(holder=self.identity, duration_s=int(self.config.lease_ttl_s),
                            acquire_time=now.wall, renew_time=now.wall, transitions=transitions,
-                           fencing_token=token)
+                           fencing_token=token, strategy=old.strategy if old is not None else "")
 
     # ------------------------------------------------------------------ observations
 
@@ -421,7 +483,8 @@ class Elector:
         self.write_generation += 1
         token = stored.record.fencing_token or 0
         if action.kind == "release":
-            self._done = True
+            self._done = self._closing
+            self._handing_over, self._handover_to = False, None
             self._held_token = None
         else:
             self._held_token = token
