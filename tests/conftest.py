@@ -21,6 +21,28 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "deploy" / "local"))
 
 import localcluster  # noqa: E402
+import node as local_node  # noqa: E402, F401  (deploy/local/node.py, for tests/node; `node` is a fixture)
+
+TESTS = Path(__file__).resolve().parent
+# A test needs the control plane if it lives under tests/cluster or tests/node or uses one of these
+# fixtures; it is marked so that `pytest -m "not cluster"` really keeps it off (a node test is
+# marked both `node` and `cluster`: the node runs beside the control plane).
+MARK_BY_FOLDER = {"cluster": ("cluster",), "node": ("node", "cluster")}
+MARK_BY_FIXTURE = {"cluster": ("cluster",), "kubeconfig": ("cluster",), "namespace": ("cluster",),
+                   "node": ("node", "cluster")}
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        path = Path(item.path).resolve()
+        folder = path.relative_to(TESTS).parts[0] if path.is_relative_to(TESTS) else ""
+        wanted = set(MARK_BY_FOLDER.get(folder, ()))
+        for fixture in getattr(item, "fixturenames", ()):
+            wanted.update(MARK_BY_FIXTURE.get(fixture, ()))
+        present = {mark.name for mark in item.iter_markers()}
+        for name in sorted(wanted - present):
+            item.add_marker(name)
 
 
 @pytest.fixture(scope="session")

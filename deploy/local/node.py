@@ -127,9 +127,36 @@ class Node:
     ip: str = NODE_IP
 
     def env(self) -> dict[str, str]:
+        """The environment for kubectl, helm and ctr against this node."""
         bin_dirs = [str(lc.TOOLS[name].cache_path().parent) for name in ("kubectl", "helm")]
-        return {**os.environ, "KUBECONFIG": str(self.kubeconfig),
+        return {**os.environ, "KUBECONFIG": str(self.kubeconfig), "CONTAINERD_ADDRESS": str(self.containerd_socket),
                 "PATH": f"{':'.join(bin_dirs)}:{os.environ.get('PATH', '')}"}
+
+    def run(self, tool: str, *args: str, check: bool = True, timeout_s: float = 120.0,
+            stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+        """Run kubectl or helm (the cluster's versions) against this node; `check` raises ClusterError
+        with the tool's stderr."""
+        result = subprocess.run([str(lc.TOOLS[tool].cache_path()), *args], capture_output=True, text=True,
+                                env=self.env(), timeout=timeout_s, input=stdin)
+        if check and result.returncode != 0:
+            raise lc.ClusterError(f"{tool} {' '.join(args)} failed (exit {result.returncode}): "
+                                  f"{result.stderr.strip()[-2000:]}")
+        return result
+
+    def kubectl(self, *args: str, **kwargs: object) -> subprocess.CompletedProcess[str]:
+        return self.run("kubectl", *args, **kwargs)  # type: ignore[arg-type]
+
+    def helm(self, *args: str, **kwargs: object) -> subprocess.CompletedProcess[str]:
+        return self.run("helm", *args, **kwargs)  # type: ignore[arg-type]
+
+    def import_image(self, tarball: Path) -> None:
+        import_image(tarball, self.paths)
+
+
+def node_up(paths: lc.Paths | None = None) -> Node:
+    """`deploy/local/cluster up --node`: the control plane and the node, Ready. Idempotent."""
+    paths = lc.up(paths or lc.Paths(), with_node=True)
+    return Node(paths, paths.kubeconfig, NodePaths(paths).containerd_socket)
 
 
 # ---------------------------------------------------------------- prerequisites

@@ -1,4 +1,5 @@
-"""deploy/local/cluster fails with one clear line, not a traceback, on the usual mistakes."""
+"""deploy/local/cluster fails with one clear line, not a traceback, on the usual mistakes, and is safe to
+run twice at once (a lock beside the state directory)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 CLUSTER = ROOT / "deploy" / "local" / "cluster"
@@ -62,3 +65,63 @@ def test_env_prints_exports() -> None:
 def test_unknown_command_is_usage_error() -> None:
     result = run({}, "sideways")
     assert result.returncode == 2 and "usage" in result.stderr
+
+
+def _free_port_pair() -> int:
+    """A port p with p and p + 1 free on loopback (etcd's client and peer ports)."""
+    for _attempt in range(50):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        if port < 65535:
+            with socket.socket() as first, socket.socket() as second:
+                try:
+                    first.bind(("127.0.0.1", port))
+                    second.bind(("127.0.0.1", port + 1))
+                except OSError:
+                    continue
+            return port
+    raise AssertionError("no two adjacent free ports")
+
+
+def _processes_with(text: str) -> list[int]:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if text.encode() in (entry / "cmdline").read_bytes():
+                    pids.append(int(entry.name))
+            except OSError:
+                pass
+    return pids
+
+
+@pytest.mark.cluster  # starts a private control plane (own state directory and ports)
+def test_two_ups_at_once_leave_one_healthy_cluster(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    env = {"LOCAL_CLUSTER_STATE": str(state), "LOCAL_CLUSTER_APISERVER_PORT": str(_free_port_pair()),
+           "LOCAL_CLUSTER_ETCD_PORT": str(_free_port_pair())}
+    ups = [subprocess.Popen([sys.executable, str(CLUSTER), "up"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env={**os.environ, **env}) for _ in range(2)]
+    try:
+        outcomes = [up.communicate(timeout=300) for up in ups]
+        assert [up.returncode for up in ups] == [0, 0], outcomes
+        said = sorted("already running" if "already running" in err else "started" if "ready in" in err else err
+                      for _out, err in outcomes)
+        assert said == ["already running", "started"]  # the second waited for the first, then reused it
+        status = run(env, "status")
+        assert status.returncode == 0, status.stdout + status.stderr
+        for name in ("etcd", "kube-apiserver"):
+            pid = int((state / f"{name}.pid").read_text())
+            assert f"{name}: running (pid {pid})" in status.stdout
+        assert "readyz: ok" in status.stdout
+        # One cluster, not two fighting over the state directory.
+        assert len(_processes_with(str(state / "etcd-data"))) == 1
+        assert len(_processes_with(f"--secure-port={env['LOCAL_CLUSTER_APISERVER_PORT']}")) == 1
+    finally:
+        down = run(env, "down")
+    assert down.returncode == 0, down.stderr
+    assert not state.exists()
+    assert _processes_with(str(state)) == []
+    stopped = run(env, "status")
+    assert stopped.returncode == 1 and "etcd: stopped" in stopped.stdout and "readyz: not ready" in stopped.stdout
