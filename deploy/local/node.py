@@ -587,20 +587,25 @@ def status(paths: lc.Paths) -> bool:
     return healthy and ready
 
 
+def host_addresses() -> list[str]:
+    """The machine's own IPv4 addresses and routes in the node's ranges (10.x): always none."""
+    found = [line for line in _run("ip", "-o", "-4", "addr", check=False).stdout.splitlines() if " 10." in line]
+    return found + [r for r in _run("ip", "-4", "route", check=False).stdout.splitlines() if r.startswith("10.")]
+
+
 def leftovers() -> list[str]:
     """What a node could leave on the machine; empty after `down` (tests check this)."""
     found = []
     bridges = _run("ip", "-o", "link", "show", "type", "bridge", check=False).stdout.strip()
     if bridges:
         found.append(f"bridges: {bridges}")
-    chains = [line for line in _run("iptables", "-S", check=False).stdout.splitlines()
+    chains = [line for table in ("filter", "nat", "mangle")
+              for line in _run("iptables", "-t", table, "-S", check=False).stdout.splitlines()
               if line.startswith(("-N CNI-", "-N KUBE-"))]
-    chains += [line for line in _run("iptables", "-t", "nat", "-S", check=False).stdout.splitlines()
-               if line.startswith(("-N CNI-", "-N KUBE-"))]
     if chains:
         found.append(f"iptables chains: {chains}")
-    if routes := [r for r in _run("ip", "route", check=False).stdout.splitlines() if r.startswith("10.")]:
-        found.append(f"routes: {routes}")
+    if addresses := host_addresses():
+        found.append(f"addresses/routes: {addresses}")
     mounts = [line for line in Path("/proc/self/mounts").read_text().splitlines()
               if any(word in line for word in ("kubelet", "containerd", "lease-sidecar-node", "/run/netns"))]
     if mounts:
