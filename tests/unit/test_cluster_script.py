@@ -125,3 +125,59 @@ def test_two_ups_at_once_leave_one_healthy_cluster(tmp_path: Path) -> None:
     assert _processes_with(str(state)) == []
     stopped = run(env, "status")
     assert stopped.returncode == 1 and "etcd: stopped" in stopped.stdout and "readyz: not ready" in stopped.stdout
+
+
+def test_missing_node_packages_are_installed_with_apt_get(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    sys.path.insert(0, str(ROOT / "deploy" / "local"))
+    import node
+
+    fake_bin = tmp_path / "bin"
+    fake_bin.mkdir()
+    calls = tmp_path / "apt-calls"
+    (fake_bin / "apt-get").write_text(f"#!/bin/sh\necho \"$@\" >> {calls}\n")
+    (fake_bin / "apt-get").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake_bin}:/usr/bin:/bin")
+    monkeypatch.setattr(node, "PACKAGES", {"containerd": "/usr/bin/containerd",
+                                           "runc": str(tmp_path / "absent-runc"),
+                                           "conntrack": str(tmp_path / "absent-conntrack")})
+    node.ensure_packages()
+    lines = calls.read_text().splitlines()
+    assert lines[0] == "update -qq"
+    assert lines[1].split() == ["install", "-y", "-qq", "--no-install-recommends", "runc", "conntrack"]
+
+
+def test_pki_passes_strict_verification(tmp_path: Path) -> None:
+    """What Python 3.13's default context demands (VERIFY_X509_STRICT): the CA has keyUsage, the
+    leaves have the usual extensions; a handshake with the apiserver's certificate succeeds."""
+    import ssl
+    import threading
+
+    sys.path.insert(0, str(ROOT / "deploy" / "local"))
+    import localcluster
+
+    pki = tmp_path / "pki"
+    localcluster.make_pki(pki)
+    ca_text = subprocess.run(["openssl", "x509", "-in", str(pki / "ca.crt"), "-noout", "-text"],
+                             capture_output=True, text=True, check=True).stdout
+    assert "CA:TRUE" in ca_text and "Certificate Sign, CRL Sign" in ca_text
+    server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_ctx.load_cert_chain(pki / "apiserver.crt", pki / "apiserver.key")
+    client_ctx = ssl.create_default_context(cafile=str(pki / "ca.crt"))
+    client_ctx.verify_flags |= ssl.VERIFY_X509_STRICT
+    client_ctx.load_cert_chain(pki / "admin.crt", pki / "admin.key")
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+
+        def serve() -> None:
+            conn, _ = listener.accept()
+            with server_ctx.wrap_socket(conn, server_side=True) as tls:
+                tls.recv(1)
+
+        server = threading.Thread(target=serve, daemon=True)
+        server.start()
+        with socket.create_connection(listener.getsockname()) as raw, \
+                client_ctx.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+            assert tls.version() is not None
+            tls.sendall(b"x")
+        server.join(timeout=5)
