@@ -78,6 +78,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 
 from sidecar.core.config import ElectionConfig
+from sidecar.core.liveness import AppLiveness
 from sidecar.core.lock import Versioned
 from sidecar.core.record import RELEASED_DURATION_S, LeaseRecord
 from sidecar.core.succession import Member, choose_successor, requested_successor, reserved_for, reserved_until
@@ -184,11 +185,14 @@ class Elector:
 
     MAX_RELEASE_ATTEMPTS = 3
 
-    def __init__(self, identity: str, config: ElectionConfig) -> None:
+    def __init__(self, identity: str, config: ElectionConfig, gate: AppLiveness | None = None) -> None:
         if not identity:
             raise ValueError("identity: must not be empty")
         self.identity = identity
         self.config = config
+        self.gate = gate or AppLiveness()
+        """The app's liveness and resigns (core/liveness.py): while it forbids leading, a leader
+        steps down (standby, then release) and a standby does not campaign."""
         self.stats = HeartbeatStats()
         self.last_loss_reason: str | None = None
         self._term_end: TermEnd | None = None
@@ -229,7 +233,8 @@ class Elector:
     # ------------------------------------------------------------------ queries
 
     def is_leader(self, now_mono: float) -> bool:
-        return self._term is not None and not self._closing and now_mono < self.valid_until_mono
+        return self._term is not None and not self._closing and now_mono < self.valid_until_mono \
+            and self.gate.allows_leading(now_mono)  # standby the moment the app's TTL passes or it resigns
 
     @property
     def valid_until_mono(self) -> float:
@@ -249,7 +254,8 @@ class Elector:
         term = self._term if leading else None
         term_end = self._term_end
         if self._term is not None and not leading and not self._closing:
-            term_end = TermEnd(self._term.fencing_token, "renew deadline passed")  # not yet noticed
+            term_end = TermEnd(self._term.fencing_token,  # not yet noticed
+                               self.gate.blocked_reason(now_mono) or "renew deadline passed")
         return ElectionView(
             role=role,
             holder=holder,
@@ -286,10 +292,20 @@ class Elector:
                 self._end_term(f"handing over to {successor}")
                 self._handing_over, self._handover_to, self._release_attempts = True, successor, 0
                 return self._release_write(now, timeout, successor)
+        if self._term is not None and self._observed is not None:
+            blocked = self.gate.blocked_reason(now.mono)
+            if blocked is not None:
+                # The app died, hung or resigned: standby first (is_leader already says so), then
+                # the release, then a standby that campaigns only when the gate opens again.
+                self._end_term(blocked)
+                if blocked != "resigned":
+                    self.stats.leader_elections_lost += 1
+                self._handing_over, self._handover_to, self._release_attempts = True, None, 0
+                return self._release_write(now, timeout, None)
         if self._term is not None:
             due = self._term.last_renew_started_mono + self.config.renewal_interval_s
             if now.mono < due:
-                return Wait(min(due, self.valid_until_mono))
+                return Wait(min(due, self.valid_until_mono, self.gate.next_change_mono(now.mono) or due))
             left = self.valid_until_mono - now.mono
             if self._observed is None:  # a term starts from a written record; never renew blind, re-read
                 self._needs_read = True
@@ -301,6 +317,8 @@ class Elector:
         return self._standby_action(now, timeout)
 
     def _standby_action(self, now: Moment, timeout: float) -> Action:
+        if not self.gate.allows_leading(now.mono):  # no campaign without a live app, nor while sitting out
+            return Wait(self.gate.next_change_mono(now.mono) or now.mono + self.config.heartbeat_interval_s)
         record = self._observed.record if self._observed is not None else None
         if record is None or not self._holds(record):  # rule O: our own record needs no fence
             until, why = self._fence(now)
