@@ -59,6 +59,7 @@ KUBERNETES_SERVICE_IP = lc.KUBERNETES_SERVICE_IP
 PAUSE_IMAGE = "localhost/lease-sidecar/pause:3.10.2"
 NODE_READY_TIMEOUT_S = 120.0
 STOP_TIMEOUT_S = 10.0
+UNIX_SOCKET_PATH_MAX = 107  # sun_path is 108 bytes with the terminating NUL
 
 # Machine-wide: kubelet's cgroups and fixed paths allow one node per machine.
 NODE_RUN = Path("/run/lease-sidecar-node")
@@ -502,6 +503,9 @@ def up(paths: lc.Paths) -> Node:
     for shadowed in ("/var/lib", "/var/log", "/run"):
         if paths.root.resolve().is_relative_to(shadowed):
             raise lc.ClusterError(f"LOCAL_CLUSTER_STATE must not be under {shadowed} (the node hides it)")
+    if len(str(node.containerd_socket)) > UNIX_SOCKET_PATH_MAX:
+        raise lc.ClusterError(f"the state directory's path is too long for containerd's socket "
+                              f"({node.containerd_socket}); set a shorter LOCAL_CLUSTER_STATE")
     with node_lock():
         if node_running(paths) and is_node_ready(paths):
             lc.say(f"node {NODE_NAME} already running")
