@@ -115,7 +115,7 @@ def test_random_app_crashes_hangs_and_resigns_never_make_two_leaders() -> None:
     candidates = {name: gated(name) for name in "abc"}
     silent_until = dict.fromkeys(candidates, 0.0)
     t = 0.0
-    for name, (elector, _) in candidates.items():
+    for elector, _ in candidates.values():
         elector.observe(at(t - CONFIG.lease_ttl_s), None)
     while t < 400:
         t = round(t + rng.choice((0.05, 0.1, 0.3)), 3)
