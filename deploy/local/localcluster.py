@@ -461,6 +461,8 @@ def _running_argv(pid: int) -> list[str]:
 def up(paths: Paths = Paths(), with_node: bool = False) -> Paths:
     """Build what is missing, start etcd and kube-apiserver, wait for /readyz; with `with_node`, the
     node too (node.py). Idempotent; concurrent calls serialize on the state lock and reuse."""
+    if with_node and os.geteuid() != 0:
+        raise ClusterError("`up --node` needs root: it creates namespaces, mounts and cgroups")
     with state_lock(paths):
         _up_control_plane(paths)
         if with_node:

@@ -181,3 +181,15 @@ def test_pki_passes_strict_verification(tmp_path: Path) -> None:
             assert tls.version() is not None
             tls.sendall(b"x")
         server.join(timeout=5)
+
+
+def test_node_needs_root_and_says_so_before_starting_anything(tmp_path: Path) -> None:
+    tmp_path.chmod(0o777)
+    result = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable,
+                             str(CLUSTER), "up", "--node"], capture_output=True, text=True, timeout=60,
+                            env={**os.environ, "LOCAL_CLUSTER_CACHE": str(tmp_path / "cache"),
+                                 "LOCAL_CLUSTER_STATE": str(tmp_path / "state")})
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        "cluster: error: `up --node` needs root: it creates namespaces, mounts and cgroups")
+    assert not (tmp_path / "state").exists()
