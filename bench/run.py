@@ -468,15 +468,15 @@ def kubectl(*args: str, stdin: str | None = None) -> str:
     return result.stdout
 
 
-def setup_identities() -> None:
+def setup_identities(extra: list[str] | None = None) -> None:
     """A ServiceAccount per candidate, one Role on leases, a token kubeconfig each."""
-    names = [identity for system in SYSTEMS for identity in identities(system)]
+    names = [identity for system in SYSTEMS for identity in identities(system)] + (extra or [])
     items: list[dict[str, Any]] = [
         {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}},
         {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
          "metadata": {"name": "lease-bench-candidate", "namespace": NAMESPACE},
          "rules": [{"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
-                    "verbs": ["get", "list", "watch", "create", "update"]}]},
+                    "verbs": ["get", "list", "watch", "create", "update", "delete"]}]},
         {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
          "metadata": {"name": "lease-bench-candidates", "namespace": NAMESPACE},
          "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "lease-bench-candidate"},
@@ -756,6 +756,141 @@ def main() -> int:
     return 1 if bench.details["errors"] else 0
 
 
+# ---------------------------------------------------------------- hand-over with 30 candidates
+
+
+HANDOVER_CANDIDATES = int(os.environ.get("BENCH_HANDOVER_CANDIDATES", "30"))
+HANDOVER_ROUNDS = int(os.environ.get("BENCH_HANDOVER_ROUNDS", "5"))
+
+
+def handover_identities() -> list[str]:
+    return [f"lease-sidecar-h{i}" for i in range(HANDOVER_CANDIDATES)]
+
+
+def handover_argv(identity: str, lease: str, port: int, members: bool) -> list[str]:
+    argv = candidate_argv("lease-sidecar", identity, lease, port, Path())
+    return [*argv, "--members"] if members else argv
+
+
+def lease_writes(lease: str, start: float, end: float) -> list[dict[str, Any]]:
+    """Writes (create, update) to the Lease `lease` received in [start, end): user, verb, HTTP code."""
+    writes = []
+    with open(localcluster.Paths().audit_log, encoding="utf-8", errors="replace") as log:
+        for line in log:
+            if f'"name":"{lease}"' not in line or '"stage":"ResponseComplete"' not in line:
+                continue
+            event = json.loads(line)
+            if event.get("verb") not in ("create", "update") or (event.get("objectRef") or {}).get("name") != lease:
+                continue
+            received = datetime.fromisoformat(event["requestReceivedTimestamp"]).timestamp()
+            if start <= received < end:
+                writes.append({"user": event["user"]["username"].rsplit(":", 1)[-1], "verb": event["verb"],
+                               "code": (event.get("responseStatus") or {}).get("code"), "at": received})
+    return sorted(writes, key=lambda w: w["at"])
+
+
+def handover_run(members: bool) -> dict[str, Any]:
+    """HANDOVER_CANDIDATES sidecars on one Lease; HANDOVER_ROUNDS times: SIGTERM the leader, time the
+    next leader, and count the Lease writes of the hand-over from the audit log (the release, the
+    acquisitions, the 409s). The stopped candidate is started again, so the count stays constant.
+    `members`: with --members, the leader names a successor; without, the release is open to all."""
+    lease = f"ls-handover{'-m' if members else ''}-{format(int(time.time()), 'x')}"
+    names = handover_identities()
+    bench = Bench(Path())
+    candidates: dict[str, Candidate] = {}
+
+    def start(identity: str) -> Candidate:
+        port = free_port()
+        process = spawn(handover_argv(identity, lease, port, members), LOG_DIR / f"{lease}-{identity}.log")
+        candidates[identity] = Candidate("lease-sidecar", identity, process, port, time.monotonic())
+        return candidates[identity]
+
+    def members_alive(candidate: Candidate) -> int:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{candidate.port}/members", timeout=2) as resp:
+                return sum(1 for m in json.loads(resp.read())["members"] if m["alive"])
+        except (OSError, ValueError, KeyError):
+            return 0
+
+    rounds = []
+    try:
+        for identity in names:
+            start(identity)
+        for _ in range(HANDOVER_ROUNDS):
+            leader = bench.wait_one_leader(list(candidates.values()), timeout=60)
+            if members:
+                deadline = time.monotonic() + 30
+                while members_alive(leader) < HANDOVER_CANDIDATES and time.monotonic() < deadline:
+                    time.sleep(0.2)
+            time.sleep(SETTLE_S)
+            others = [c for c in candidates.values() if c is not leader]
+            wall_start, termed_at = time.time(), time.monotonic()
+            leader.process.send_signal(signal.SIGTERM)
+            new_at, new_leader, _ = bench.wait_any_leader(others, timeout=LEASE_DURATION_S * 5)
+            wall_end = time.time() + 0.5  # before the new leader's first renewal (1 s)
+            leader.process.wait(15)
+            time.sleep(1.0)
+            rounds.append({"from": leader.identity, "to": new_leader.identity, "handover_s": new_at - termed_at,
+                           "window": (wall_start - 0.05, wall_end)})
+            start(leader.identity)
+            time.sleep(1.0)
+    finally:
+        for candidate in candidates.values():
+            if candidate.alive():
+                candidate.process.kill()
+        for candidate in candidates.values():
+            candidate.process.wait(10)
+    time.sleep(2.5)  # the audit backend flushes about once a second
+    for row in rounds:
+        window = row.pop("window")
+        writes = lease_writes(lease, *window)
+        ok = [w for w in writes if w["code"] in (200, 201)]
+        release = next((w for w in ok if w["user"] == row["from"]), None)
+        acquired = next((w for w in ok if w["user"] == row["to"]), None)
+        # Server-side times (requestReceivedTimestamp): not limited by polling 29 local APIs.
+        if release and acquired:
+            row["release_to_acquired_ms"] = round((acquired["at"] - release["at"]) * 1000, 1)
+            row["sigterm_to_acquired_ms"] = round((acquired["at"] - window[0] - 0.05) * 1000, 1)
+        row["conflicts_409"] = sum(1 for w in writes if w["code"] == 409)
+        row["acquisitions"] = sum(1 for w in writes if w["code"] in (200, 201) and w["user"] != row["from"])
+        row["writers"] = sorted({w["user"] for w in writes if w["user"] != row["from"]})
+    return {"members": members, "candidates": HANDOVER_CANDIDATES, "lease": lease, "rounds": rounds}
+
+
+def handover_main() -> int:
+    """`bench/run.py --handover`: the 30-candidate hand-over, without and with a named successor."""
+    if not localcluster.is_ready(localcluster.Paths()):
+        raise SystemExit("the local cluster is not ready: run `deploy/local/cluster up`")
+    LOG_DIR.mkdir(parents=True, exist_ok=True)
+    setup_identities(extra=handover_identities())
+    results = []
+    try:
+        for members in (False, True):
+            result = handover_run(members)
+            results.append(result)
+            for row in result["rounds"]:
+                say(f"{'named successor' if members else 'open release  '}: {row['from']} -> {row['to']} in "
+                    f"{row['handover_s'] * 1000:.0f} ms (server: SIGTERM to acquisition "
+                    f"{row.get('sigterm_to_acquired_ms')} ms, release to acquisition "
+                    f"{row.get('release_to_acquired_ms')} ms); {row['acquisitions']} acquisition(s), "
+                    f"{row['conflicts_409']} x 409 from {len(row['writers'])} writer(s)")
+    finally:
+        kill_all()
+    (BENCH / "handover.json").write_text(json.dumps(results, indent=2) + "\n")
+    for result in results:
+        rows = result["rounds"]
+        mode = "named successor (--members)" if result["members"] else "open release"
+        times_ms = [r["handover_s"] * 1000 for r in rows]
+        server_ms = [r["release_to_acquired_ms"] for r in rows if "release_to_acquired_ms" in r]
+        print(f"{result['candidates']} candidates, {mode}: hand-over median {statistics.median(times_ms):.0f} ms "
+              f"[{min(times_ms):.0f}, {max(times_ms):.0f}] (polled), release to acquisition on the server "
+              f"median {statistics.median(server_ms) if server_ms else float('nan'):.0f} ms, "
+              f"409s per hand-over {[r['conflicts_409'] for r in rows]}, "
+              f"acquisition writes per hand-over {[r['acquisitions'] for r in rows]}")
+    print("wrote bench/handover.json")
+    return 0
+
+
 def replot() -> None:
     """`bench/run.py --replot`: redraw results.png from results.json and machine.json (no measuring)."""
     rows = json.loads((BENCH / "results.json").read_text())
@@ -766,6 +901,11 @@ def replot() -> None:
 if __name__ == "__main__":
     if sys.argv[1:] == ["--replot"]:
         sys.exit(replot())
+    if sys.argv[1:] == ["--handover"]:
+        try:
+            sys.exit(handover_main())
+        finally:
+            kill_all()
     try:
         sys.exit(main())
     finally:
