@@ -17,6 +17,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -26,6 +27,15 @@ SUCCESSOR_WINDOW_S = 2.0
 """How long only the named successor may take a released lease. A live successor takes it in tens
 of milliseconds (it watches the Lease); 2 s leaves room for a loaded node, and is what a dead
 successor costs."""
+
+
+_DEPLOYMENT_POD = re.compile(r"^.+-(?P<hash>[a-z0-9]{6,10})-[a-z0-9]{5}$")
+
+
+def revision_from_pod_name(name: str) -> str:
+    """A Deployment's pod is named `<deployment>-<pod-template-hash>-<5 random>`: the hash, else ""."""
+    match = _DEPLOYMENT_POD.match(name)
+    return match["hash"] if match else ""
 
 
 @dataclass(frozen=True)

@@ -22,12 +22,16 @@ from sidecar.core.announce import (
     Drop,
     EventPolicy,
     Extend,
+    handover_announcement,
     role_change_announcement,
 )
 from sidecar.core.record import format_microtime
 from sidecar.kube.calls import ApiCallFailed, call_json
 
 log = logging.getLogger("lease_sidecar.kube.events")
+
+HANDING_OVER = "handing over to "
+"""How the Elector's loss reason starts when it released to a requested successor."""
 
 _QUEUE_SIZE = 64
 """Announcements waiting to be sent; beyond this they are dropped (the policy bounds them anyway)."""
@@ -117,5 +121,10 @@ class RoleAnnouncer:
         announcement = role_change_announcement(self._was_leader, leading, snapshot["identity"],
                                                 snapshot["fencing_token"], self._loss_reason())
         self._was_leader = leading
-        if announcement is not None:
-            self.events.announce(announcement)
+        if announcement is None:
+            return
+        reason = self._loss_reason() or ""
+        if not leading and reason.startswith(HANDING_OVER):
+            self.events.announce(handover_announcement(snapshot["identity"], reason.removeprefix(HANDING_OVER),
+                                                       "local API, lease annotation or preferredHolder"))
+        self.events.announce(announcement)

@@ -16,11 +16,12 @@ from typing import Any
 
 from kubernetes_asyncio.client import ApiClient
 
-from sidecar.core.announce import Announcement, handover_announcement
+from sidecar.core.announce import Announcement
 from sidecar.core.clock import Clock
 from sidecar.core.election import Elector
 from sidecar.core.lock import DistributedLockBackend, Versioned, WatchEvent
 from sidecar.core.record import LeaseRecord
+from sidecar.core.succession import Member, revision_from_pod_name
 from sidecar.engine.status import Snapshot, StatusBoard
 from sidecar.kube.endpoints import LeaderEndpoints, LeaderRoute
 from sidecar.kube.events import LeaseEvents, RoleAnnouncer
@@ -121,10 +122,35 @@ def handover_requester(elector: Elector, clock: Clock, board: StatusBoard, wake:
     woken to release at once, and the request is announced."""
 
     def request(successor: str) -> Snapshot:
+        if successor == elector.identity:
+            raise HandoverRefused(f"{successor} is this candidate: name another one")
         if not elector.request_handover(successor, clock.now()):
             raise HandoverRefused("not the leader: ask the leader's sidecar, or use `lease-sidecar handover`")
-        wake()
-        parts.announce(handover_announcement(elector.identity, successor, "local API"))
+        wake()  # the election loop releases now; the role change announces it
         return board.snapshot()
 
     return request
+
+
+class SuccessorView:
+    """Feeds the Elector the members view for choosing a successor (a StatusBoard listener: every
+    change and heartbeat). `rows(now_mono)` is the members table's rows."""
+
+    def __init__(self, elector: Elector, clock: Clock, rows: Callable[[float], list[dict[str, Any]]]) -> None:
+        self._elector, self._clock, self._rows = elector, clock, rows
+        self._first_seen: dict[str, float] = {}
+
+    def on_snapshot(self, _snapshot: Snapshot) -> None:
+        now = self._clock.now().mono
+        members = []
+        for row in self._rows(now):
+            identity = row["identity"]
+            members.append(Member(identity, bool(row["alive"]), self._first_seen.setdefault(identity, now),
+                                  revision=revision_from_pod_name(identity),
+                                  ready=row.get("role") in ("leader", "standby")))
+        self._elector.members = members
+
+
+def own_revision(identity: str) -> str:
+    """POD_REVISION (the chart's Downward API pod-template-hash), else read from the pod name."""
+    return os.environ.get("POD_REVISION") or revision_from_pod_name(identity)
