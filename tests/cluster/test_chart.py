@@ -324,6 +324,8 @@ def test_rendered_service_account_token_wins_the_election_in_cluster_mode(
            "LEASE_SIDECAR_IN_CLUSTER_DIR": str(in_cluster), "POD_NAMESPACE": namespace}
     sidecar = sidecars.start("demo-pod-0", lease, namespace, tmp_path, kubeconfig=None, env=env,
                              drop_env=("KUBECONFIG",), timing=())
+    assert chart_env["LEASE_SIDECAR_APP_HEARTBEAT_TTL"] == "10s"  # the example turns app liveness on
+    app = sidecars.start_app(sidecar)
     try:
         # A new election's first leader comes one lease TTL (the chart's 15 s) after no Lease was seen.
         sidecars.wait_for(lambda: (sidecar.leader() or {}).get("is_leader") is True, timeout=35)
@@ -335,6 +337,52 @@ def test_rendered_service_account_token_wins_the_election_in_cluster_mode(
         assert sidecar.terminate() == 0
         released = get_lease(namespace, lease)
         assert released and released["spec"].get("holderIdentity") in (None, ""), released["spec"]
+    finally:
+        app.kill()
+        sidecars.stop_all([sidecar])
+    logs = sidecar.logs()
+    assert "Forbidden" not in logs and " 403" not in logs, logs[-3000:]
+
+
+def test_members_view_runs_on_the_chart_token_and_its_role_is_no_wider(
+        charts: Path, helm_env: dict[str, str], namespace: str, tmp_path: Path) -> None:
+    """--members with only the rendered Role: the member Lease is written, listed and removed;
+    the Role adds list, watch, update and delete on leases (nothing narrower is expressible: pod
+    names are generated, RBAC matches no labels or prefixes) and nothing else."""
+    docs = render(helm_env, charts / EXAMPLE, "--set", "lease-sidecar.members=true", namespace=namespace)
+    token = install_rbac(docs, namespace)
+    granted = [("list", "leases"), ("watch", "leases"), ("update", "leases/other"), ("delete", "leases/other"),
+               ("create", "leases"), ("get", f"leases/{LEASE}")]
+    denied = [("get", "leases/other"), ("patch", "leases/other"), ("deletecollection", "leases"),
+              ("get", "secrets"), ("list", "pods"), ("create", "configmaps")]
+    assert [g for g in granted if not can_i(token, namespace, *g)] == []
+    assert [d for d in denied if can_i(token, namespace, *d)] == []
+    in_cluster = tmp_path / "serviceaccount"
+    in_cluster.mkdir()
+    (in_cluster / "token").write_text(token)
+    shutil.copy(ca_path(), in_cluster / "ca.crt")
+    (in_cluster / "namespace").write_text(namespace)
+    container, _ = sidecar_of(one(docs, "Deployment")["spec"]["template"]["spec"])
+    chart_env = {item["name"]: item["value"] for item in container["env"]
+                 if item["name"].startswith("LEASE_SIDECAR_") and "value" in item}
+    assert chart_env["LEASE_SIDECAR_MEMBERS"] == "true"
+    env = {**chart_env, "KUBERNETES_SERVICE_HOST": "127.0.0.1",
+           "KUBERNETES_SERVICE_PORT": str(localcluster.APISERVER_PORT),
+           "LEASE_SIDECAR_IN_CLUSTER_DIR": str(in_cluster), "POD_NAMESPACE": namespace,
+           "LEASE_SIDECAR_HEARTBEAT_INTERVAL": "1", "LEASE_SIDECAR_HEARTBEAT_TTL": "3"}
+    sidecar = sidecars.start("demo-pod-1", LEASE, namespace, tmp_path, kubeconfig=None, env=env,
+                             drop_env=("KUBECONFIG",), timing=())
+    try:
+        member = f"{LEASE}-member-demo-pod-1"
+        sidecars.wait_for(lambda: [m["identity"] for m in sidecar.get("/members")[1]["members"]] == ["demo-pod-1"],
+                          timeout=15, interval=0.1)
+        record = get_lease(namespace, member)
+        assert record and record["metadata"]["labels"] == {"lease-sidecar.io/election": LEASE}
+        first_version = record["metadata"]["resourceVersion"]
+        sidecars.wait_for(lambda: get_lease(namespace, member)["metadata"]["resourceVersion"] != first_version,
+                          timeout=5, interval=0.2)  # renewed with update
+        assert sidecar.terminate() == 0
+        assert get_lease(namespace, member) is None  # deleted on the way out
     finally:
         sidecars.stop_all([sidecar])
     logs = sidecar.logs()

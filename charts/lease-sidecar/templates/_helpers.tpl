@@ -294,6 +294,18 @@ A list item: the sidecar container, with restartPolicy: Always when the mode is 
     - name: LEASE_SIDECAR_LABEL_POD
       value: "true"
     {{- end }}
+    {{- if not (eq (toString $v.app.heartbeatTTL) "" "<nil>") }}
+    - name: LEASE_SIDECAR_APP_HEARTBEAT_TTL
+      value: {{ toString $v.app.heartbeatTTL | quote }}
+    {{- end }}
+    {{- with $v.app.healthURL }}
+    - name: LEASE_SIDECAR_APP_HEALTH_URL
+      value: {{ . | quote }}
+    {{- end }}
+    {{- if $v.members }}
+    - name: LEASE_SIDECAR_MEMBERS
+      value: "true"
+    {{- end }}
     {{- range $key := keys $durations | sortAlpha }}
     {{- $value := index $v.election $key }}
     {{- if not (eq (toString $value) "" "<nil>") }}
@@ -575,6 +587,15 @@ rules:
   - apiGroups: ["discovery.k8s.io"]
     resources: ["endpointslices"]
     verbs: ["create"]
+  {{- end }}
+  {{- if .Values.members }}
+  # --members: renew and, on shutdown, delete its own member Lease ("<lease>-member-<pod>"); list
+  # and watch the members by label; delete records stale for ten TTLs (with a resourceVersion
+  # precondition). Pod names are generated and RBAC matches neither labels nor name prefixes, so
+  # this covers every Lease of the namespace (no get, patch or deletecollection).
+  - apiGroups: ["coordination.k8s.io"]
+    resources: ["leases"]
+    verbs: ["list", "watch", "update", "delete"]
   {{- end }}
   {{- if .Values.labelPod }}
   # --label-pod: its own pod's role label. Pod names are generated, so this is every pod of the
