@@ -30,7 +30,7 @@ $(UV): $(VENV)/.python-$(PYTHON_VERSION) requirements/uv.lock
 	@touch $@
 
 $(VENV)/.installed: $(UV) pyproject.toml requirements/dev.lock
-	$(UV) pip install -q --python $(PY) --require-hashes -r requirements/dev.lock
+	$(UV) pip install -q --python $(PY) --compile-bytecode --require-hashes -r requirements/dev.lock
 	$(UV) pip install -q --python $(PY) --no-deps --no-build-isolation -e .
 	@touch $@
 
