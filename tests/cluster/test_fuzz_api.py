@@ -6,6 +6,7 @@ No response may be a 5xx, and the election must not notice: same leader, same te
 from __future__ import annotations
 
 import http.client
+import json
 import socket
 import urllib.parse
 import uuid
@@ -20,7 +21,8 @@ from tests.cluster import sidecars
 from tests.cluster.kube import kubectl
 
 PATHS = ["/", "/leader", "/leader/events", "/is-leader", "/healthz", "/readyz", "/openapi.json", "/metrics",
-         "/leader/", "//leader", "/LEADER", "/%00", "/..%2f..%2fetc/passwd"]
+         "/leader/", "//leader", "/LEADER", "/%00", "/..%2f..%2fetc/passwd", "/heartbeat", "/members",
+         "/leader/resign"]
 METHODS = ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "BREW", "get"]
 
 
@@ -51,6 +53,8 @@ def test_requests_never_5xx(target: sidecars.Sidecar, method: str, path: str, qu
                             extra: dict[str, str], body: bytes) -> None:
     if path == "/leader/events" and method in ("GET", "get"):
         return  # an endless stream by design; covered in test_local_api
+    if path == "/leader/resign" and method == "POST":
+        return  # the election is meant to notice that one; test_app_api and schemathesis cover it
     query = {k: v for k, v in query.items() if k != "wait"} | ({"wait": "0.01"} if "wait" in query else {})
     url = path + ("?" + urllib.parse.urlencode(query) if query else "")
     conn = http.client.HTTPConnection("127.0.0.1", target.http_port, timeout=5)
@@ -82,6 +86,36 @@ def test_raw_garbage_is_refused_without_a_5xx(target: sidecars.Sidecar, garbage:
             return
     if reply.startswith(b"HTTP/1."):
         assert not reply[9:10] == b"5", reply
+
+
+json_values = st.recursive(st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats(allow_nan=False)
+                           | st.text(max_size=300), lambda inner: st.lists(inner, max_size=5)
+                           | st.dictionaries(st.text(max_size=70), inner, max_size=20), max_leaves=40)
+heartbeat_bodies = st.one_of(
+    st.dictionaries(st.sampled_from(["schedule_count", "next_due_task", "detail", "x"]), json_values,
+                    max_size=4).map(lambda body: json.dumps(body).encode()),
+    json_values.map(lambda value: json.dumps(value).encode()),
+    st.binary(max_size=600),
+    st.just(b'{"detail": {"k": "' + b"v" * 9000 + b'"}}'),
+    st.just(b'{"schedule_count": NaN}'), st.just(b"[" * 5000))
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(body=heartbeat_bodies, content_type=st.sampled_from(["application/json", "text/plain", "", "x/y; a=b"]))
+def test_heartbeat_bodies_never_5xx(target: sidecars.Sidecar, body: bytes, content_type: str) -> None:
+    headers = {"Content-Type": content_type} if content_type else {}
+    conn = http.client.HTTPConnection("127.0.0.1", target.http_port, timeout=5)
+    try:
+        conn.request("POST", "/heartbeat", body=body, headers=headers)
+        resp = conn.getresponse()
+        status, answer = resp.status, json.loads(resp.read())
+    finally:
+        conn.close()
+    assert status in (200, 400, 413), (status, body[:200])
+    if status != 200:
+        assert answer["status"] == status and answer["error"]
+    if len(body) > 8192:
+        assert status == 413
 
 
 def test_the_election_did_not_notice(target: sidecars.Sidecar) -> None:
