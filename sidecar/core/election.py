@@ -286,11 +286,10 @@ class Elector:
             if handover is not None:
                 return handover
         if self._term is not None and self._observed is not None:
-            successor = self._handover_to or requested_successor(self._observed.record, self.identity)
+            successor = requested_successor(self._observed.record, self.identity)
             if successor:
                 # Standby first: the driver publishes this before it sends the release.
-                self._end_term(f"handing over to {successor}")
-                self._handing_over, self._handover_to, self._release_attempts = True, successor, 0
+                self._begin_handover(successor)
                 return self._release_write(now, timeout, successor)
         if self._term is not None and self._observed is not None:
             blocked = self.gate.blocked_reason(now.mono)
@@ -382,11 +381,15 @@ class Elector:
         return choose_successor(self.members, self.identity, self.own_revision, replacing_self)
 
     def request_handover(self, successor: str, now: Moment) -> bool:
-        """Release to `successor` at the next action. False if not leading now (or it is us)."""
+        """Standby now; the next action releases to `successor`. False if not leading (or it is us)."""
         if not self.is_leader(now.mono) or not successor or successor == self.identity:
             return False
-        self._handover_to = successor
+        self._begin_handover(successor)
         return True
+
+    def _begin_handover(self, successor: str) -> None:
+        self._end_term(f"handing over to {successor}")
+        self._handing_over, self._handover_to, self._release_attempts = True, successor, 0
 
     def _fence(self, now: Moment) -> tuple[float, str]:
         """The latest fence still ahead (rules F1-F3), or (-inf, "") when all have passed."""

@@ -38,6 +38,7 @@ def test_local_request_releases_to_the_successor_who_alone_takes_it() -> None:
     others = standbys(29, store, 0.5)
     assert not leader.request_handover("a", at(1)) and not others[0].request_handover("s1", at(1))
     assert leader.request_handover("s7", at(1))
+    assert leader.view(1).role is BeatRole.STANDBY  # at once: the HTTP answer already says standby
 
     release = leader.next_action(at(1))
     assert isinstance(release, Write) and release.kind == "release"
