@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
-import asyncio
 import sys
 
-from sidecar.core.config import ConfigError
-from sidecar.wiring.settings import build_parser, load_settings
+from sidecar.wiring.stop_signals import StopSignals
 
 
 def main(argv: list[str] | None = None) -> int:
+    # First of all: a SIGTERM from here on, even during the imports below, exits 0 with standby.
+    signals = StopSignals.install()
+    import asyncio
+
+    from sidecar.core.config import ConfigError
+    from sidecar.wiring.settings import build_parser, load_settings
+
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command != "run":
+        signals.uninstall()  # one-shot commands keep the usual Ctrl-C
     if args.command == "handover":
         from sidecar.wiring.handover_cli import handover_main
 
@@ -32,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     from sidecar.wiring.app import CredentialsError, run  # heavy imports once the configuration is good
 
     try:
-        return asyncio.run(run(settings, namespace, identity, config))
+        return asyncio.run(run(settings, namespace, identity, config, signals))
     except CredentialsError as error:
         print(f"lease-sidecar: invalid configuration: {error}", file=sys.stderr)
         return 2

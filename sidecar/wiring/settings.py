@@ -18,6 +18,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from sidecar import __version__
 from sidecar.core.config import ConfigError, ElectionConfig, parse_duration_s, split_address
+from sidecar.core.liveness import check_app_ttl
 
 IN_CLUSTER_DIR = Path(os.environ.get("LEASE_SIDECAR_IN_CLUSTER_DIR", "/var/run/secrets/kubernetes.io/serviceaccount"))
 """Where a pod finds its ServiceAccount token, CA and namespace (overridable for tests)."""
@@ -25,7 +26,7 @@ IN_CLUSTER_DIR = Path(os.environ.get("LEASE_SIDECAR_IN_CLUSTER_DIR", "/var/run/s
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 _DNS_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 _DURATIONS = ("leader_lease_ttl", "leader_renewal_interval", "leader_renew_deadline", "heartbeat_interval",
-              "heartbeat_ttl", "failover_timeout", "api_timeout")
+              "heartbeat_ttl", "failover_timeout", "api_timeout", "app_heartbeat_ttl")
 
 
 class RunSettings(BaseSettings):
@@ -57,9 +58,18 @@ class RunSettings(BaseSettings):
                                                               "is resumed; must exceed the TTL.")
     api_timeout: float | None = Field(default=None, description="Timeout of each API call. Default: "
                                       "min(5s, renew deadline - renewal interval).")
+    app_heartbeat_ttl: float | None = Field(default=None, description="Lead only while the app heartbeats "
+                                            "(POST /heartbeat, or --app-health-url passes) at least this often: "
+                                            "campaign after the first, step down (standby, then release) when "
+                                            "one is missed. Unset: the app is not consulted.")
+    app_health_url: str = Field(default="", description="http://127.0.0.1:PORT/path probed every heartbeat "
+                                "interval; a 2xx answer counts as an app heartbeat. Needs --app-heartbeat-ttl.")
+    members: bool = Field(default=False, description="Keep a member Lease <lease>-member-<identity> (role, app "
+                                                     "info), renewed every heartbeat interval; GET /members "
+                                                     "lists every candidate.")
     log_level: str = Field(default="info", description="debug, info, warning or error.")
     leader_service: str = Field(default="", description="Name of a selector-less Service in the Lease's "
-                                "namespace: the leader writes its EndpointSlice <name>-leader holding only its "
+                                "namespace: the leader writes its EndpointSlice (same name) holding only its "
                                 "own pod IP (--pod-ip). Empty disables it.")
     pod_ip: str = Field(default="", description="This pod's IP for --leader-service. Default: POD_IP "
                                                 "(Downward API status.podIP).")
@@ -129,6 +139,21 @@ def build_parser() -> argparse.ArgumentParser:
         switch = {"nargs": "?", "const": "true", "metavar": "BOOL"} if field.annotation is bool else {}
         run.add_argument("--" + name.replace("_", "-"), dest=name, default=None, **switch,
                          help=f"{field.description} (default: {default}; env LEASE_SIDECAR_{name.upper()})")
+    handover = commands.add_parser(
+        "handover", help="ask a lease's leader to hand over to a named successor",
+        description="Writes the request into the Lease (annotation lease-sidecar.io/handover-to, and "
+                    "spec.preferredHolder where the apiserver keeps it); the leader releases to that "
+                    "successor, and only it may take the lease for a short window. Waits until it holds "
+                    "the lease. Also a kubectl plugin: kubectl lease-handover --lease NAME --to IDENTITY.")
+    handover.add_argument("--lease", required=True, help="name of the Lease")
+    handover.add_argument("--to", required=True, dest="successor", metavar="IDENTITY",
+                          help="holderIdentity of the successor (with the chart: its pod name)")
+    handover.add_argument("--namespace", "-n", default="", help="namespace of the Lease (default: the "
+                          "kubeconfig context's, then POD_NAMESPACE)")
+    handover.add_argument("--kubeconfig", default="", help="kubeconfig path (default: KUBECONFIG, ~/.kube/config, "
+                          "or in-cluster)")
+    handover.add_argument("--timeout", default="10s", help="how long to wait for the successor to hold the "
+                          "lease (default 10s; 0 does not wait)")
     return parser
 
 
@@ -152,6 +177,7 @@ def load_settings(args: argparse.Namespace) -> tuple[RunSettings, ElectionConfig
                                           f"starting and ending alphanumeric, at most 253 characters); "
                                           f"got {settings.lease_name[:60]!r}")
     split_address(settings.http_address, "--http-address")
+    check_app_ttl(settings.app_heartbeat_ttl, settings.heartbeat_interval, settings.app_health_url)
     check_routing(settings)
     if settings.metrics_address:
         split_address(settings.metrics_address, "--metrics-address")
@@ -161,10 +187,10 @@ def load_settings(args: argparse.Namespace) -> tuple[RunSettings, ElectionConfig
 def check_routing(settings: RunSettings) -> None:
     """--leader-service and --label-pod: what they need, checked before anything starts."""
     if settings.leader_service:
-        if len(settings.leader_service) > 56 or not _DNS_LABEL.match(settings.leader_service):
+        if len(settings.leader_service) > 63 or not _DNS_LABEL.match(settings.leader_service):
             raise ConfigError("--leader-service", "must be a Service name (lowercase letters, digits and '-', "
-                                                  "starting with a letter, at most 56 characters so that "
-                                                  f"<name>-leader fits); got {settings.leader_service[:60]!r}")
+                                                  "starting with a letter, at most 63 characters); "
+                                                  f"got {settings.leader_service[:70]!r}")
         pod_ip = settings.resolved_pod_ip()
         if not pod_ip:
             raise ConfigError("--pod-ip", "required with --leader-service (or POD_IP from the Downward API "
