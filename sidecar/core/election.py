@@ -18,10 +18,12 @@ A candidate writes a new term only when every fence has passed. On each observed
 record at local time t (the same record observed again changes nothing):
 * F1 holder seen. A record naming holder H (identity and token): H's fence >= t + its
   leaseDurationSeconds.
-* F2 holder replaced. H's record replaced by anything but H's own release (deleted, another holder,
-  no holder, another duration, another token): H's fence >= t + the duration H's record had. H may
-  not have seen the change (paused, cut off), so it leads on until its own deadline. With F1, a
-  shrunk leaseDurationSeconds is judged against the larger of the old and the new duration.
+* F2 holder removed. H's record deleted, emptied (not by H's release), or changed in place (same
+  holder and token, e.g. another leaseDurationSeconds): H's fence >= t + the duration H's record
+  had. H may not have seen the change (paused, cut off), so it leads on until its own deadline.
+  With F1, a shrunk leaseDurationSeconds is judged against the larger of the old and the new.
+  H's record replaced by *another holder's* leaves H's fence as it was: that holder won a
+  compare-and-swap after H expired or released by its own fences.
 * F3 no history. No Lease at all (at start-up or after a deletion), or an empty holder that is
   not a release: the fence of "a holder never seen" >= t + our own lease TTL. So a brand-new
   candidate that finds no Lease creates it one lease TTL after it first looked (a new election's
@@ -48,19 +50,21 @@ Safety argument. Take any holder H (duration d, deadline D < d) and its last suc
 started at s: H leads until at most s + D. Any state a candidate C observes after W (W's record,
 a later change, the Lease's absence) exists only after W started, so C observes it at t > s.
 - C saw W: F1 fences H until t + d > s + D.
-- C saw a later change H did not make (deletion, overwrite, shrink): F2 fences H until t + d
-  (d from the last H record C saw; H writes the same duration on every renewal).
+- C saw a later change H did not make (deletion, emptying, shrink): F2 fences H until t + d
+  (d from the last H record C saw; H writes the same duration on every renewal). If another
+  holder Q took over, Q passed its own fences for H first (by induction, below).
 - C never saw H (it started later, or its watch relisted across H's whole term) and finds the
   Lease gone or emptied: F3 fences until t + C's TTL, which covers H if d <= C's TTL. If it finds
   another holder's record instead, that holder acquired it by compare-and-swap after passing its
   own fences, which covered H (by induction); only a third party's overwrite breaks this.
+  An empty record replacing an empty one says nothing new about holders and sets no fence.
 - H released: H published standby before writing the release (close() ends the term first).
 So C's write starts after H's deadline. Writes are compare-and-swap on the version read, so among
 candidates past their fences one wins, and the rest observe it (F1). Assumed: monotonic clocks of
 the nodes run at the same rate within (d - D) / d; candidates of one Lease use lease durations no
 longer than each other's TTL (only for holders a candidate never saw); a third party that writes
-a record in exact release shape, or overwrites the record of a holder a candidate never saw, is
-believed (nothing distinguishes it from a candidate).
+a record in exact release shape, or overwrites a live holder's record with another holder's, is
+believed (nothing distinguishes it from a candidate that won the lease).
 
 Why fences and not a finalizer (issue 12's alternative: keep a deleted Lease readable until its
 holder has expired): a finalizer covers only `kubectl delete`, not an emptied holder, a shrunk
@@ -299,8 +303,10 @@ class Elector:
                 self._end_term(blocked)
                 if blocked != "resigned":
                     self.stats.leader_elections_lost += 1
-                self._handing_over, self._handover_to, self._release_attempts = True, None, 0
-                return self._release_write(now, timeout, None)
+                # H1: name a successor; a resigning app is usually its pod shutting down.
+                successor = self.choose_successor(replacing_self=blocked == "resigned")
+                self._handing_over, self._handover_to, self._release_attempts = True, successor, 0
+                return self._release_write(now, timeout, successor)
         if self._term is not None:
             due = self._term.last_renew_started_mono + self.config.renewal_interval_s
             if now.mono < due:
@@ -404,23 +410,26 @@ class Elector:
     def _update_fences(self, now: Moment, before: LeaseRecord | None, after: LeaseRecord | None,
                        first: bool) -> None:
         """Rules F1-F3 and R for one observed change from `before` to `after` (None: no Lease)."""
-        released = after is not None and _is_release(after) and (
-            first or (before is not None and before.holder != ""
-                      and (after.transitions, after.fencing_token) == (before.transitions, before.fencing_token)))
-        if before is not None and before.holder:
+        held_before = before is not None and before.holder != ""
+        released = after is not None and _is_release(after) and (first or (
+            held_before and (after.transitions, after.fencing_token) == (before.transitions, before.fencing_token)))
+        if before is not None and held_before:
             key = _holder_key(before)
             if released:
                 self._fences.pop(key, None)  # R: the holder stepped down before writing this
-            elif not (after is not None and self._holds(after)):  # our own write: we judged H done
+            elif after is None or after.holder == "":
                 self._raise_fence(key, now.mono + before.duration_s,
-                                  f"{before.holder} may not have seen the change and may lead until then"
-                                  if after is None or _holder_key(after) != key else
-                                  f"held by {before.holder}")  # F2
+                                  f"{before.holder} may not have seen its record go and may lead until then")  # F2
+            elif _holder_key(after) == key:
+                self._raise_fence(key, now.mono + before.duration_s, f"held by {before.holder}")  # F2, in place
+            # Another holder's record: it won a compare-and-swap after H expired or released in its
+            # own view; H's fence stays as F1 set it. (Extending it would delay every hand-over
+            # that follows a failover by up to a lease duration.)
         if after is not None and after.holder:
             if not self._holds(after):
                 self._raise_fence(_holder_key(after), now.mono + after.duration_s,
                                   f"held by {after.holder}")  # F1
-        elif not released:
+        elif after is None or (not released and (first or before is None or held_before)):
             why = ("no lease: a holder that did not see it go may still lead" if after is None else
                    "holder cleared without a release: a holder that did not see it may still lead")
             self._raise_fence(UNSEEN_HOLDER, now.mono + self.config.lease_ttl_s, why)  # F3

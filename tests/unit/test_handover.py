@@ -121,3 +121,18 @@ def test_acquisition_keeps_the_coordinated_strategy() -> None:
     elector.observe(at(0), store.current)
     action = elector.next_action(at(0))
     assert isinstance(action, Write) and action.record.strategy == "OldestEmulationVersion"
+
+
+def test_a_resign_names_a_successor_too() -> None:
+    from sidecar.core.liveness import AppLiveness
+
+    gate = AppLiveness(3.0)
+    store, leader = Store(), Elector("web-aaa-1", CONFIG, gate=gate)
+    gate.beat(0, at(0).wall)
+    lead(leader, store, 0)
+    leader.own_revision = "aaa"
+    leader.members = [Member("web-aaa-2", True, 1.0, revision="aaa"), Member("web-bbb-1", True, 9.0, revision="bbb")]
+    gate.resign(1, sit_out_s=5)  # the app's SIGTERM handler, as its pod is replaced
+    release = leader.next_action(at(1))
+    assert isinstance(release, Write) and release.kind == "release"
+    assert release.record.successor == "web-bbb-1"
