@@ -209,6 +209,12 @@ class BeatHeartbeat:
                     stored = await self.backend.update(action.record, action.expected_version,
                                                        action.timeout_s)
             self.elector.write_succeeded(self.clock.now(), action, started, stored)
+            if action.kind != "release" and log.isEnabledFor(logging.DEBUG):
+                # With the role_changed lines, each process's own account of its claim, on the
+                # machine's monotonic clock: tests check from it that no two claims overlap.
+                log.debug("lease written", extra={"event": "lease_written", "kind": action.kind,
+                                                  "started_mono": started.mono,
+                                                  "valid_until_mono": self.elector.valid_until_mono})
         except Conflict as error:
             if isinstance(action, Write):
                 self.elector.write_conflicted(self.clock.now(), action)
@@ -236,11 +242,15 @@ class BeatHeartbeat:
         self._arm_deadline_timer()
         role, holder = BeatRole(snapshot["role"]), snapshot["holder"]
         if role is not self._last_role:
+            now_mono = self.clock.now().mono
+            view = self.elector.view(now_mono)
             extra = {"event": "role_changed", "from_role": str(self._last_role), "to_role": str(role),
-                     "holder": holder, "term": snapshot["fencing_token"]}
+                     "holder": holder, "term": snapshot["fencing_token"], "mono": now_mono}
+            if role is BeatRole.LEADER and view.term_started is not None:
+                extra.update(term_started_mono=view.term_started.mono, valid_until_mono=view.valid_until_mono)
             if role is not BeatRole.LEADER and self._last_role is BeatRole.LEADER:
                 # The reason comes with the term it ended, so an earlier term's cannot leak in.
-                end = self.elector.view(self.clock.now().mono).term_end
+                end = view.term_end
                 extra["term"] = self._last_token
                 extra["reason"] = end.reason if end is not None and end.fencing_token == self._last_token \
                     else "unknown"

@@ -493,11 +493,37 @@ def test_after_a_shrink_the_holders_next_renewal_counts_again_from_its_own_durat
     assert first_write_time(b, 5) == 15
 
 
-def test_a_new_holder_replacing_an_old_one_does_not_shorten_the_old_ones_fence() -> None:
+def test_a_new_holder_replacing_an_old_one_keeps_the_old_ones_fence_as_it_was() -> None:
     b = Elector("b", CONFIG)
     b.observe(at(0), Versioned(held_by("a", 1), "1"))
-    b.observe(at(2), Versioned(held_by("x", 2, duration_s=1), "2"))  # forced by a third party
-    assert first_write_time(b, 2) == 12
+    b.observe(at(2), Versioned(held_by("x", 2, duration_s=1), "2"))  # took it early, in b's view
+    assert first_write_time(b, 2) == 10  # not 3: a may lead until 10 by what b saw
+
+
+def test_a_release_right_after_a_failover_is_taken_at_once() -> None:
+    # b and c both saw a expire; c won the race. c's release must not wait for a's old fence.
+    store, b, c = Store(), Elector("b", CONFIG), Elector("c", CONFIG)
+    old = store.put(held_by("a", 1))
+    for elector in (b, c):
+        elector.observe(at(0), old)
+    take_b, take_c = b.next_action(at(10)), c.next_action(at(10))
+    assert isinstance(take_b, Write) and isinstance(take_c, Write)
+    store.apply(c, take_c, at(10), at(10))
+    store.apply(b, take_b, at(10), at(10.01))  # conflict: b re-reads
+    b.observe(at(10.02), store.current)
+    c.close(at(11))
+    release = c.next_action(at(11))
+    assert isinstance(release, Write)
+    store.apply(c, release, at(11), at(11))
+    b.observe(at(11.01), store.current)
+    assert first_write_time(b, 11.01) == 11.01
+
+
+def test_an_empty_record_rewritten_empty_sets_no_fence() -> None:
+    b = Elector("b", CONFIG)
+    b.observe(at(0), Versioned(released(held_by("a", 1)), "1"))
+    b.observe(at(1), Versioned(replace(released(held_by("a", 1)), renew_time=EPOCH), "2"))  # touched
+    assert first_write_time(b, 1) == 1
 
 
 def test_brand_new_candidate_with_an_empty_record_waits_one_ttl() -> None:

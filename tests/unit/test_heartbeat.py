@@ -9,8 +9,8 @@ import pytest
 
 from sidecar.core.config import ElectionConfig
 from sidecar.core.election import BeatRole, Elector, Moment
-from sidecar.engine.heartbeat import BeatHeartbeat
 from sidecar.core.record import LeaseRecord
+from sidecar.engine.heartbeat import BeatHeartbeat
 from sidecar.engine.memory_lock import InMemoryLockBackend
 from sidecar.engine.status import StatusBoard
 

@@ -1,0 +1,174 @@
+"""Deleting the Lease never makes two leaders, even when the leader cannot see the deletion.
+
+The leader is cut off from the apiserver (a black-holed TCP proxy between it and 127.0.0.1:16443)
+or frozen (SIGSTOP), then `kubectl delete lease`. Before issue 12 a standby recreated the Lease at
+once and led while the old leader still reported leader until its renew deadline. Now a
+candidate that sees the deletion waits one lease duration from then (election.py, rules F2, F3).
+
+Checked from the processes' own logs (tests/cluster/claims.py: every claim of leadership, on the
+machine's monotonic clock): no two claims of different processes ever overlap, and no term starts
+before one lease duration after the deletion was issued. Measured figures are printed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.cluster import sidecars
+from tests.cluster.blackhole import BlackHoleProxy
+from tests.cluster.claims import Claim, claims_from_log, overlapping
+from tests.cluster.kube import kubectl
+from tests.conftest import localcluster
+
+TTL_S = 4.0
+LEASE = "doomed"
+ROUNDS = 3
+DEBUG = ("--log-level", "debug")
+
+
+@pytest.fixture()
+def fleet() -> Iterator[list[sidecars.Sidecar]]:
+    group: list[sidecars.Sidecar] = []
+    yield group
+    for sidecar in group:
+        if sidecar.alive():
+            os.kill(sidecar.process.pid, signal.SIGCONT)
+    sidecars.stop_all(group)
+
+
+def leader_among(fleet: list[sidecars.Sidecar], skip: sidecars.Sidecar | None = None) -> sidecars.Sidecar | None:
+    for sidecar in fleet:
+        if sidecar is not skip and sidecar.alive() and (sidecar.leader() or {}).get("is_leader"):
+            return sidecar
+    return None
+
+
+def next_leader(fleet: list[sidecars.Sidecar], old: sidecars.Sidecar, issued: float,
+                timeout_s: float) -> tuple[sidecars.Sidecar, float]:
+    """The first other process to report leader, and how long after `issued` it did."""
+    while time.monotonic() - issued < timeout_s:
+        new = leader_among(fleet, skip=old)
+        if new is not None:
+            return new, time.monotonic() - issued
+        time.sleep(0.01)
+    raise AssertionError(f"no new leader within {timeout_s}s")
+
+
+def wait_rejoined(old: sidecars.Sidecar, new: sidecars.Sidecar) -> None:
+    """The old leader is back, a standby that sees the new holder."""
+    sidecars.wait_for(lambda: (old.leader() or {}).get("holder") == new.identity, 3 * TTL_S)
+    assert not old.leader()["is_leader"]
+
+
+def all_claims(fleet: list[sidecars.Sidecar]) -> list[Claim]:
+    return [c for s in fleet for c in claims_from_log(str(s.log_path), s.logs())]
+
+
+def delete_lease(namespace: str) -> float:
+    """Issues `kubectl delete lease`; returns the monotonic time just before (the earliest the
+    deletion can have happened)."""
+    issued = time.monotonic()
+    kubectl("delete", "lease", LEASE, "-n", namespace)
+    return issued
+
+
+def check(fleet: list[sidecars.Sidecar], deletions: list[float]) -> list[Claim]:
+    claims = sorted(all_claims(fleet), key=lambda c: c.start_mono)
+    assert not overlapping(claims), "two leaders at once:\n" + "\n".join(f"{a}\n{b}" for a, b in overlapping(claims))
+    for issued in deletions:
+        after = [c for c in claims if c.end_mono > issued]
+        # The leader at the deletion (claim started before) and then the first new term.
+        new = next(c for c in after if c.start_mono > issued)
+        assert new.start_mono >= issued + TTL_S, f"new term {new.start_mono - issued:.3f}s after the deletion"
+    tokens = [c.token for c in claims]
+    assert tokens == sorted(set(tokens)), tokens
+    return claims
+
+
+def test_deleted_lease_with_the_leader_cut_off_never_makes_two_leaders(
+        fleet: list[sidecars.Sidecar], namespace: str, tmp_path: Path, cluster: localcluster.Paths) -> None:
+    proxies: dict[str, BlackHoleProxy] = {}
+    try:
+        for index in range(3):
+            identity = f"cut-{index}"
+            proxy = proxies[identity] = BlackHoleProxy()
+            proxy.start()
+            kubeconfig = proxy.kubeconfig(cluster.kubeconfig, tmp_path / identity / "kubeconfig")
+            fleet.append(sidecars.start(identity, LEASE, namespace, tmp_path, *DEBUG, kubeconfig=kubeconfig))
+        sidecars.wait_for(lambda: leader_among(fleet), TTL_S + 10)
+        deletions, took = [], []
+        for _ in range(ROUNDS):
+            old = leader_among(fleet)
+            assert old is not None
+            proxies[old.identity].cut()
+            issued = delete_lease(namespace)
+            new, seconds = next_leader(fleet, old, issued, 3 * TTL_S)
+            deletions.append(issued)
+            took.append(seconds)
+            # Cut off for at least a lease duration, whoever leads meanwhile: the old leader must
+            # step down by its own deadline, not because the deletion reached it.
+            time.sleep(max(0.0, issued + TTL_S - time.monotonic()))
+            proxies[old.identity].heal()
+            wait_rejoined(old, new)
+    finally:
+        for proxy in proxies.values():
+            proxy.close()
+    claims = check(fleet, deletions)
+    print(f"leader cut off, lease deleted: new leader after {', '.join(f'{t:.2f}s' for t in took)} "
+          f"(lease {TTL_S:g}s); {len(claims)} terms, no overlap")
+
+
+@pytest.mark.parametrize("pause_s", [1.0, 2 * TTL_S])
+def test_deleted_lease_with_the_leader_frozen_never_makes_two_leaders(
+        pause_s: float, fleet: list[sidecars.Sidecar], namespace: str, tmp_path: Path,
+        cluster: localcluster.Paths) -> None:
+    for index in range(3):
+        fleet.append(sidecars.start(f"frozen-{index}", LEASE, namespace, tmp_path, *DEBUG))
+    sidecars.wait_for(lambda: leader_among(fleet), TTL_S + 10)
+    deletions, took, frozen = [], [], []
+    for _ in range(ROUNDS):
+        old = leader_among(fleet)
+        assert old is not None
+        os.kill(old.process.pid, signal.SIGSTOP)
+        frozen.append(old)
+        issued = delete_lease(namespace)
+        if pause_s < TTL_S:  # woken before anyone may lead: it sees the deletion and steps down
+            time.sleep(max(0.0, issued + pause_s - time.monotonic()))
+            os.kill(old.process.pid, signal.SIGCONT)
+            new, seconds = next_leader(fleet, old, issued, 3 * TTL_S)
+        else:  # still frozen when the next leader comes
+            new, seconds = next_leader(fleet, old, issued, 3 * TTL_S)
+            time.sleep(max(0.0, issued + pause_s - time.monotonic()))
+            os.kill(old.process.pid, signal.SIGCONT)
+        deletions.append(issued)
+        took.append(seconds)
+        wait_rejoined(old, new)
+    claims = check(fleet, deletions)
+    if pause_s > TTL_S:
+        # Frozen past its deadline: on waking it saw the new holder first, but the deadline is what
+        # ended its term, and its log says so.
+        ended = {(c.process, c.token): c.reason for c in claims}
+        for old in frozen:
+            reasons = [r for (p, _), r in ended.items() if p == str(old.log_path)]
+            assert "renew deadline passed" in reasons, reasons
+    print(f"leader frozen {pause_s:g}s, lease deleted: new leader after {', '.join(f'{t:.2f}s' for t in took)} "
+          f"(lease {TTL_S:g}s); {len(claims)} terms, no overlap")
+
+
+def test_brand_new_election_elects_its_first_leader_one_lease_duration_after_looking(
+        fleet: list[sidecars.Sidecar], namespace: str, tmp_path: Path, cluster: localcluster.Paths) -> None:
+    spawned = time.monotonic()
+    fleet.append(sidecars.start("first", LEASE, namespace, tmp_path, *DEBUG, wait_ready=False))
+    took = sidecars.wait_for(lambda: leader_among(fleet), TTL_S + 10)
+    [claim] = all_claims(fleet)
+    assert claim.start_mono >= spawned + TTL_S
+    fence = [json.loads(line) for line in fleet[0].logs().splitlines() if '"event": "fence"' in line]
+    assert fence and "no lease" in fence[0]["reason"], fence
+    print(f"brand-new election: first leader {took:.2f}s after spawn (lease {TTL_S:g}s)")
