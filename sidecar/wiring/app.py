@@ -10,7 +10,6 @@ import asyncio
 import gc
 import logging
 import os
-import signal
 import uuid
 from pathlib import Path
 from typing import Any
@@ -30,6 +29,7 @@ from sidecar.publish.metrics import ElectionMetrics
 from sidecar.publish.role_files import RoleFiles
 from sidecar.wiring import logs
 from sidecar.wiring.settings import IN_CLUSTER_DIR, RunSettings
+from sidecar.wiring.stop_signals import StopSignals
 
 log = logging.getLogger("lease_sidecar.wiring.app")
 
@@ -66,7 +66,12 @@ async def _make_api_client(settings: RunSettings) -> ApiClient:
     return ApiClient(configuration=configuration)
 
 
-async def run(settings: RunSettings, namespace: str, identity: str, config: Any) -> int:
+async def run(settings: RunSettings, namespace: str, identity: str, config: Any,
+              signals: StopSignals | None = None) -> int:
+    # SIGTERM at any moment of start-up: finish start-up (standby is written first), start no loop,
+    # shut down, exit 0.
+    stop = asyncio.Event()
+    (signals or StopSignals.install()).attach(asyncio.get_running_loop(), stop.set)
     context: dict[str, Any] = {"lease": f"{namespace}/{settings.lease_name}", "identity": identity,
                                "correlation_id": uuid.uuid4().hex[:12], "term": None}
     logs.configure(settings.log_level, context)
@@ -116,17 +121,13 @@ async def run(settings: RunSettings, namespace: str, identity: str, config: Any)
     gc.collect()
     gc.freeze()
 
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-
     log.info("starting", extra={"event": "start", "config": dict(vars(config)),
                                 "http_address": settings.http_address,
                                 "metrics_address": settings.metrics_address})
     exit_code = 0
     try:
-        tasks.update({
+        # Stopped during start-up: no loop starts, and the shut-down below has nothing to release.
+        tasks.update({} if stop.is_set() else {
             "elect": asyncio.create_task(heartbeat.elect(), name="elect"),
             "watch_lease": asyncio.create_task(heartbeat.watch_lease(), name="watch_lease"),
             "beat": asyncio.create_task(heartbeat.beat(), name="beat"),
