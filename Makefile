@@ -83,10 +83,13 @@ test: venv cluster lint
 	$(MAKE) --no-print-directory unit-optimized test-pythons
 
 # wrk is the throughput load generator; without it (no root, no apt) a Python fallback is used.
+# The sidecar runs on Python 3.13 with PYTHONOPTIMIZE=2, as in the image (bench/run.py).
+IMAGE_PYTHON ?= 3.13
 bench: venv cluster
+	$(MAKE) --no-print-directory venv PYTHON=$(call python_for,$(IMAGE_PYTHON))
 	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk >/dev/null; } \
 		|| echo "bench: wrk not installed; using the Python load generator (it under-reports throughput)"
-	BENCH_RUNS=$(BENCH_RUNS) $(PY) bench/run.py
+	BENCH_RUNS=$(BENCH_RUNS) BENCH_SIDECAR_PYTHON=$(CURDIR)/.venv-$(IMAGE_PYTHON)/bin/python $(PY) bench/run.py
 
 down:
 	$(CLUSTER) down

@@ -22,6 +22,7 @@ from sidecar.core.clock import SystemClock
 from sidecar.core.config import split_address
 from sidecar.core.election import Elector
 from sidecar.engine.heartbeat import BeatHeartbeat
+from sidecar.engine.loop_lag import LoopLagMonitor
 from sidecar.engine.status import StatusBoard
 from sidecar.kube.lease_lock import LeaseLockBackend
 from sidecar.publish import http_api, metrics_http
@@ -131,6 +132,7 @@ async def run(settings: RunSettings, namespace: str, identity: str, config: Any,
             "elect": asyncio.create_task(heartbeat.elect(), name="elect"),
             "watch_lease": asyncio.create_task(heartbeat.watch_lease(), name="watch_lease"),
             "beat": asyncio.create_task(heartbeat.beat(), name="beat"),
+            "loop_lag": asyncio.create_task(LoopLagMonitor(election_metrics.observe_loop_lag).run(), name="loop_lag"),
         })
         stopper = asyncio.create_task(stop.wait(), name="stop")
         done, _ = await asyncio.wait([stopper, *tasks.values()], return_when=asyncio.FIRST_COMPLETED)

@@ -47,10 +47,11 @@ CONTRACT: dict[str, frozenset[str]] = {
     "lease_sidecar_lease_valid_seconds": LEASE,
     "lease_sidecar_api_request_duration_seconds": LEASE | {"verb", "result"},
     "lease_sidecar_watch_restarts_total": LEASE,
+    "lease_sidecar_event_loop_lag_seconds": frozenset(),
     "lease_sidecar_info": frozenset({"version", "identity", "namespace", "lease"}),
     "leader_election_master_status": frozenset({"name"}),
 }
-HISTOGRAMS = {"lease_sidecar_api_request_duration_seconds"}
+HISTOGRAMS = {"lease_sidecar_api_request_duration_seconds", "lease_sidecar_event_loop_lag_seconds"}
 SEVERITIES = {"critical", "warning", "info"}
 
 
