@@ -39,13 +39,15 @@ def test_terms_never_overlap_under_chaos(namespace: str, tmp_path: Path, cluster
     for index in range(CANDIDATES):
         spawn(f"chaos-{index}")
     actions = dict.fromkeys(ACTIONS, 0)
+    pending = sorted(set(ACTIONS))  # each kind at least once, in a seeded order, then at random
+    rng.shuffle(pending)
     try:
         deadline = time.monotonic() + DURATION_S
         while time.monotonic() < deadline:
             time.sleep(rng.uniform(0.5, 2.5))
             leaders = sidecars.leaders(list(live.values()))
             assert len(leaders) <= 1, leaders
-            choice = rng.choice(ACTIONS)
+            choice = pending[0] if pending else rng.choice(ACTIONS)
             if choice in ("kill", "term") and leaders and len(live) > 1:
                 victim = live.pop(leaders[0])
                 if choice == "kill":
@@ -79,6 +81,8 @@ def test_terms_never_overlap_under_chaos(namespace: str, tmp_path: Path, cluster
             else:
                 continue
             actions[choice] += 1
+            if choice in pending:
+                pending.remove(choice)
         sidecars.wait_for(lambda: len(sidecars.leaders(list(live.values()))) == 1, 15)
     finally:
         for sidecar in live.values():
@@ -90,6 +94,7 @@ def test_terms_never_overlap_under_chaos(namespace: str, tmp_path: Path, cluster
     claims = sorted((c for s, _ in everyone for c in claims_from_log(f"{s.identity}@{s.log_path}", s.logs())),
                     key=lambda c: c.start_mono)
     assert len(claims) >= 4, (actions, claims)
+    assert all(actions.values()), f"some kinds of chaos never happened: {actions}"
     for sidecar, killed in everyone:
         if not killed:
             open_claims = [c for c in claims if c.process.endswith(str(sidecar.log_path)) and
