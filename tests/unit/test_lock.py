@@ -74,3 +74,15 @@ def test_every_install_reads_a_lock_with_hashes() -> None:
     dockerfile = re.sub(r"\\\n\s*", " ", (ROOT / "Dockerfile").read_text())
     assert "--require-hashes -r requirements/runtime.lock" in dockerfile
     assert re.search(r"pip install [^&\n]*--no-deps [^&\n]*\.", dockerfile), "the package itself adds no dependency"
+
+
+def test_the_declared_pythons_are_the_tested_ones() -> None:
+    """requires-python's floor is the default interpreter's line (the whole suite, CI) and every other
+    classifier version is in OTHER_PYTHONS (unit tests and elections on each, `make test-pythons`)."""
+    declared = {c.rsplit(" :: ", 1)[1] for c in PROJECT["project"]["classifiers"]
+                if re.fullmatch(r"Programming Language :: Python :: 3\.\d+", c)}
+    floor = re.fullmatch(r">=(3\.\d+)", PROJECT["project"]["requires-python"])
+    assert floor, PROJECT["project"]["requires-python"]
+    others = re.search(r"^OTHER_PYTHONS \?= (.+)$", (ROOT / "Makefile").read_text(), re.MULTILINE)
+    assert others, "Makefile: OTHER_PYTHONS"
+    assert declared == {floor.group(1), *others.group(1).split()}, declared
