@@ -75,7 +75,7 @@ def main() -> int:
         say(f"back to {REPLICAS} pods, leader {leader}:")
         show_roles(release)
         print(f"\npod deletion failover (graceful, the app exits on SIGTERM): {example_release.summary(took)}")
-    except example_release.ReleaseError as error:
+    except (example_release.ReleaseError, OSError) as error:
         print(f"demo-pods: error: {error}", file=sys.stderr)
         return 1
     finally:

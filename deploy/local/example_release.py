@@ -340,16 +340,21 @@ class Release:
         of them is leader, and the Lease names that pod. Returns its name."""
         deadline = time.monotonic() + timeout_s
         views: list[AppView] = []
+        holder: str | None = None
         while time.monotonic() < deadline:
-            views = self.views()
+            try:
+                views = self.views()
+                holder = self.holder()
+            except (OSError, http.client.HTTPException, ReleaseError):
+                time.sleep(POLL_INTERVAL_S)  # the API server restarting: keep waiting until the deadline
+                continue
             leaders = [v.pod for v in views if v.http == "leader" and v.file == "leader"]
             settled = all(v.http == v.file and v.http in ("leader", "standby") for v in views)
-            if (len(views) == replicas and settled and len(leaders) == 1 and leaders[0] != not_pod
-                    and self.holder() == leaders[0]):
-                return leaders[0]
+            if len(views) == replicas and settled and leaders == [holder] and holder != not_pod:
+                return holder
             time.sleep(POLL_INTERVAL_S)
         raise ReleaseError(f"no single leader among {replicas} ready pods within {timeout_s:.0f}s; "
-                           f"seen: {views}; Lease holder: {self.holder()!r}")
+                           f"seen: {views}; Lease holder: {holder!r}")
 
 
 @dataclass(frozen=True)
