@@ -472,9 +472,20 @@ def up(paths: Paths = Paths(), with_node: bool = False) -> Paths:
     return paths
 
 
+def _answers_in_time(paths: Paths, pid: int) -> bool:
+    """A running apiserver may be slow (a loaded machine) or paused (an outage test's SIGSTOP):
+    wait for it rather than tear down a cluster others are using."""
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while _pid_alive(pid) and time.monotonic() < deadline:
+        if is_ready(paths):
+            return True
+        time.sleep(0.5)
+    return False
+
+
 def _up_control_plane(paths: Paths) -> None:
     pid = running_pid(paths, "kube-apiserver")
-    if pid and is_ready(paths) and pki_current(paths.pki):
+    if pid and pki_current(paths.pki) and running_pid(paths, "etcd") and _answers_in_time(paths, pid):
         wanted = _apiserver_argv(paths, TOOLS["kube-apiserver"].cache_path())
         if _running_argv(pid) == wanted:
             say(f"already running: https://127.0.0.1:{APISERVER_PORT}")

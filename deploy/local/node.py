@@ -81,6 +81,7 @@ PACKAGES = {
     "containernetworking-plugins": "/usr/lib/cni/bridge",
     "iptables": "/usr/sbin/iptables",
     "conntrack": "/usr/sbin/conntrack",
+    "iproute2": "/bin/ip",  # the node namespace's links and addresses
     "gcc": "/usr/bin/gcc",  # the pause binary
     "libc6-dev": "/usr/lib/x86_64-linux-gnu/libc.a",  # ... linked statically
 }
@@ -275,9 +276,9 @@ def create_namespaces(node: NodePaths) -> None:
         "ip link set node0 up",
         "ip link set node0-peer up",
         "ip route add default dev node0",
-        "sysctl -qw net.ipv4.ip_forward=1",
+        "echo 1 > /proc/sys/net/ipv4/ip_forward",  # this namespace's, not the machine's
         # Pod -> Service -> pod on the same bridge needs bridged traffic to see iptables.
-        "sysctl -qw net.bridge.bridge-nf-call-iptables=1 || true",
+        "echo 1 > /proc/sys/net/bridge/bridge-nf-call-iptables || true",
     ]
     _in_node("sh", "-c", "\n".join(setup))
 
@@ -529,10 +530,16 @@ def up(paths: lc.Paths) -> Node:
     return result
 
 
+def _forget_node(paths: lc.Paths) -> None:
+    # The CSINode too: the next kubelet would find it owned by the deleted Node and log errors.
+    for api_path in (f"/api/v1/nodes/{NODE_NAME}", f"/apis/storage.k8s.io/v1/csinodes/{NODE_NAME}"):
+        lc.api_get(paths, api_path, method="DELETE")
+
+
 def _start(node: NodePaths, pause: Path) -> None:
     paths = node.cluster
     # A Node object from an earlier run still says Ready: remove it so Ready means this kubelet.
-    lc.api_get(paths, f"/api/v1/nodes/{NODE_NAME}", method="DELETE")
+    _forget_node(paths)
     create_namespaces(node)
     write_node_configs(node)
     for name in NODE_PROCESSES:
@@ -563,7 +570,7 @@ def _teardown(paths: lc.Paths) -> None:
         _remove_cgroup_tree(root)
     remove_namespaces()
     node.egress_socket.unlink(missing_ok=True)
-    lc.api_get(paths, f"/api/v1/nodes/{NODE_NAME}", method="DELETE")  # `get nodes` tells the truth
+    _forget_node(paths)  # `kubectl get nodes` tells the truth
     if node.root.exists():
         shutil.rmtree(node.root)
 
