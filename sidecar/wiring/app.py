@@ -11,6 +11,8 @@ import gc
 import logging
 import os
 import uuid
+from collections.abc import Coroutine
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,11 +23,15 @@ from prometheus_client import CollectorRegistry
 from sidecar.core.clock import SystemClock
 from sidecar.core.config import split_address
 from sidecar.core.election import Elector
+from sidecar.core.liveness import AppLiveness
+from sidecar.engine.app_link import AppLink
 from sidecar.engine.heartbeat import BeatHeartbeat
-from sidecar.engine.loop_lag import LoopLagMonitor
+from sidecar.engine.members import MemberPresence
 from sidecar.engine.status import StatusBoard
 from sidecar.kube.lease_lock import LeaseLockBackend
+from sidecar.kube.member_leases import MemberLeaseStore
 from sidecar.publish import http_api, metrics_http
+from sidecar.publish.app_api import AppControls
 from sidecar.publish.metrics import ElectionMetrics
 from sidecar.publish.role_files import RoleFiles
 from sidecar.wiring import logs
@@ -67,6 +73,43 @@ async def _make_api_client(settings: RunSettings) -> ApiClient:
     return ApiClient(configuration=configuration)
 
 
+@dataclass
+class AppSide:
+    """The app's parts: heartbeats and resigns (AppLink), the health probe, the members view."""
+
+    link: AppLink
+    members: MemberPresence | None
+    controls: AppControls
+    health_url: str
+    interval_s: float
+
+    @classmethod
+    def build(cls, settings: RunSettings, config: Any, liveness: AppLiveness, board: StatusBoard, clock: SystemClock,
+              heartbeat: BeatHeartbeat, api_client: ApiClient, identity: str, namespace: str,
+              metrics: ElectionMetrics) -> AppSide:
+        link = AppLink(liveness, board, clock, heartbeat.wake, default_sit_out_s=config.heartbeat_interval_s)
+        members = None
+        if settings.members:
+            store = MemberLeaseStore(api_client, namespace, settings.lease_name, metrics.observe_request)
+            members = MemberPresence(store, board, clock, identity, settings.lease_name, config)
+        metrics.watch_app(liveness, members.table if members else None)
+
+        def no_members() -> dict[str, Any]:
+            return {"enabled": False, "members": [], "counts": {}}
+
+        controls = AppControls(link.heartbeat, link.resign, members.members_json if members else no_members)
+        return cls(link, members, controls, settings.app_health_url, config.heartbeat_interval_s)
+
+    def loops(self) -> dict[str, Coroutine[Any, Any, None]]:
+        loops: dict[str, Coroutine[Any, Any, None]] = {}
+        if self.health_url:
+            loops["app_probe"] = self.link.probe_forever(self.health_url, self.interval_s)
+        if self.members is not None:
+            loops["member_watch"] = self.members.watch_forever()
+            loops["member_renew"] = self.members.renew_forever()
+        return loops
+
+
 async def run(settings: RunSettings, namespace: str, identity: str, config: Any,
               signals: StopSignals | None = None) -> int:
     # SIGTERM at any moment of start-up: finish start-up (standby is written first), start no loop,
@@ -81,10 +124,11 @@ async def run(settings: RunSettings, namespace: str, identity: str, config: Any,
         role_files.prepare()  # standby before anything else
 
     clock = SystemClock()
-    elector = Elector(identity, config)
+    liveness = AppLiveness(settings.app_heartbeat_ttl)
+    elector = Elector(identity, config, gate=liveness)
     registry = CollectorRegistry(auto_describe=True)
     election_metrics = ElectionMetrics(registry, elector, clock, namespace, settings.lease_name, identity)
-    board = StatusBoard(elector, clock, context["lease"], config.heartbeat_ttl_s)
+    board = StatusBoard(elector, clock, context["lease"], config.heartbeat_ttl_s, app=liveness)
 
     def track_term(snapshot: dict[str, Any]) -> None:
         context["term"] = snapshot["fencing_token"]
@@ -96,6 +140,8 @@ async def run(settings: RunSettings, namespace: str, identity: str, config: Any,
     api_client = await make_api_client(settings)
     backend = LeaseLockBackend(api_client, namespace, settings.lease_name, election_metrics.observe_request)
     heartbeat = BeatHeartbeat(elector, backend, board, clock, election_metrics.count_watch_restart)
+    app_side = AppSide.build(settings, config, liveness, board, clock, heartbeat, api_client, identity, namespace,
+                             election_metrics)
 
     tasks: dict[str, asyncio.Task[None]] = {}
 
@@ -110,7 +156,7 @@ async def run(settings: RunSettings, namespace: str, identity: str, config: Any,
     def ready() -> bool:
         return board.snapshot()["observed_at"] is not None
 
-    local_app = http_api.build_app(board, alive)
+    local_app = http_api.build_app(board, alive, app_side.controls)
     runners = [await http_api.start_site(local_app, settings.http_address, "--http-address")]
     if settings.metrics_address:
         metrics_app = metrics_http.build_app(registry, alive, ready)
@@ -132,7 +178,7 @@ async def run(settings: RunSettings, namespace: str, identity: str, config: Any,
             "elect": asyncio.create_task(heartbeat.elect(), name="elect"),
             "watch_lease": asyncio.create_task(heartbeat.watch_lease(), name="watch_lease"),
             "beat": asyncio.create_task(heartbeat.beat(), name="beat"),
-            "loop_lag": asyncio.create_task(LoopLagMonitor(election_metrics.observe_loop_lag).run(), name="loop_lag"),
+            **{name: asyncio.create_task(loop, name=name) for name, loop in app_side.loops().items()},
         })
         stopper = asyncio.create_task(stop.wait(), name="stop")
         done, _ = await asyncio.wait([stopper, *tasks.values()], return_when=asyncio.FIRST_COMPLETED)
@@ -143,13 +189,13 @@ async def run(settings: RunSettings, namespace: str, identity: str, config: Any,
                 exit_code = 1
         stopper.cancel()
     finally:
-        await asyncio.shield(_shut_down(heartbeat, tasks, role_files, board, runners, api_client))
+        await asyncio.shield(_shut_down(heartbeat, tasks, role_files, board, runners, api_client, app_side))
     log.info("stopped", extra={"event": "stop", "exit_code": exit_code})
     return exit_code
 
 
 async def _shut_down(heartbeat: BeatHeartbeat, tasks: dict[str, asyncio.Task[None]], role_files: RoleFiles | None,
-                     board: StatusBoard, runners: list[Any], api_client: ApiClient) -> None:
+                     board: StatusBoard, runners: list[Any], api_client: ApiClient, app_side: AppSide) -> None:
     try:
         await asyncio.wait_for(_release(heartbeat, tasks.get("elect")), SHUTDOWN_GRACE_S)
     except TimeoutError:
@@ -157,6 +203,8 @@ async def _shut_down(heartbeat: BeatHeartbeat, tasks: dict[str, asyncio.Task[Non
                   extra={"event": "release_timeout"})
     except Exception:
         log.exception("release failed", extra={"event": "release_failed"})
+    if app_side.members is not None:
+        await app_side.members.withdraw()  # bounded by the API timeout
     for task in tasks.values():
         task.cancel()
     await asyncio.gather(*tasks.values(), return_exceptions=True)

@@ -21,7 +21,7 @@ def pair(namespace: str, tmp_path: Path):
     args = ("--members", "--app-heartbeat-ttl", "3")
     fleet = [sidecars.start("app-a", "apps", namespace, tmp_path, *args)]
     apps = [sidecars.start_app(fleet[0])]
-    sidecars.wait_for(lambda: sidecars.leaders(fleet) == ["app-a"], 20)
+    sidecars.wait_for(lambda: sidecars.leaders(fleet) == ["app-a"], 30)
     fleet.append(sidecars.start("app-b", "apps", namespace, tmp_path, *args))
     apps.append(sidecars.start_app(fleet[1]))
     yield fleet
@@ -36,7 +36,7 @@ def solo(namespace: str, tmp_path: Path):
     """One gated sidecar whose 'app' is the test itself (a long TTL, so the test's pace is enough)."""
     sidecar = sidecars.start("solo", "solo", namespace, tmp_path, "--app-heartbeat-ttl", "60")
     sidecar.post("/heartbeat")
-    sidecars.wait_for(lambda: sidecars.leaders([sidecar]) == ["solo"], 20)
+    sidecars.wait_for(lambda: sidecars.leaders([sidecar]) == ["solo"], 30)
     yield sidecar
     sidecars.stop_all([sidecar])
 
