@@ -26,6 +26,7 @@ from sidecar.core.election import Elector
 from sidecar.core.liveness import AppLiveness
 from sidecar.engine.app_link import AppLink
 from sidecar.engine.heartbeat import BeatHeartbeat
+from sidecar.engine.loop_lag import LoopLagMonitor
 from sidecar.engine.members import MemberPresence
 from sidecar.engine.status import StatusBoard
 from sidecar.kube.lease_lock import LeaseLockBackend
@@ -178,6 +179,7 @@ async def run(settings: RunSettings, namespace: str, identity: str, config: Any,
             "elect": asyncio.create_task(heartbeat.elect(), name="elect"),
             "watch_lease": asyncio.create_task(heartbeat.watch_lease(), name="watch_lease"),
             "beat": asyncio.create_task(heartbeat.beat(), name="beat"),
+            "loop_lag": asyncio.create_task(LoopLagMonitor(election_metrics.observe_loop_lag).run(), name="loop_lag"),
             **{name: asyncio.create_task(loop, name=name) for name, loop in app_side.loops().items()},
         })
         stopper = asyncio.create_task(stop.wait(), name="stop")
