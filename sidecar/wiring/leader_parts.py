@@ -107,6 +107,7 @@ class ReleaseFirst:
 
     async def update(self, record: LeaseRecord, expected_version: str, timeout_s: float) -> Versioned:
         if record.is_free:
+            log.info("releasing the lease", extra={"event": "release", "successor": record.successor or None})
             started = asyncio.get_running_loop().time()
             await self._before_release(timeout_s / 2)
             timeout_s -= asyncio.get_running_loop().time() - started
