@@ -31,11 +31,19 @@ from sidecar.engine.members import MemberPresence
 from sidecar.engine.status import StatusBoard
 from sidecar.kube.lease_lock import LeaseLockBackend
 from sidecar.kube.member_leases import MemberLeaseStore
-from sidecar.publish import http_api, metrics_http
+from sidecar.publish import handover_api, http_api, metrics_http
 from sidecar.publish.app_api import AppControls
 from sidecar.publish.metrics import ElectionMetrics
 from sidecar.publish.role_files import RoleFiles
 from sidecar.wiring import logs
+from sidecar.wiring.leader_parts import (
+    LeaderParts,
+    ReleaseFirst,
+    SuccessorView,
+    build_leader_parts,
+    handover_requester,
+    own_revision,
+)
 from sidecar.wiring.settings import IN_CLUSTER_DIR, RunSettings
 from sidecar.wiring.stop_signals import StopSignals
 
@@ -140,9 +148,15 @@ async def run(settings: RunSettings, namespace: str, identity: str, config: Any,
 
     api_client = await make_api_client(settings)
     backend = LeaseLockBackend(api_client, namespace, settings.lease_name, election_metrics.observe_request)
-    heartbeat = BeatHeartbeat(elector, backend, board, clock, election_metrics.count_watch_restart)
+    leader_parts = build_leader_parts(settings, api_client, namespace, identity, board, clock,
+                                      lambda: elector.last_loss_reason, config.request_timeout)
+    heartbeat = BeatHeartbeat(elector, ReleaseFirst(backend, leader_parts.before_release), board, clock,
+                              election_metrics.count_watch_restart)
+    elector.own_revision = own_revision(identity)
     app_side = AppSide.build(settings, config, liveness, board, clock, heartbeat, api_client, identity, namespace,
                              election_metrics)
+    if app_side.members is not None:
+        board.subscribe(SuccessorView(elector, clock, app_side.members.table.rows).on_snapshot)
 
     tasks: dict[str, asyncio.Task[None]] = {}
 
@@ -158,6 +172,7 @@ async def run(settings: RunSettings, namespace: str, identity: str, config: Any,
         return board.snapshot()["observed_at"] is not None
 
     local_app = http_api.build_app(board, alive, app_side.controls)
+    handover_api.install(local_app, handover_requester(elector, clock, board, heartbeat.wake, leader_parts))
     runners = [await http_api.start_site(local_app, settings.http_address, "--http-address")]
     if settings.metrics_address:
         metrics_app = metrics_http.build_app(registry, alive, ready)
@@ -181,6 +196,7 @@ async def run(settings: RunSettings, namespace: str, identity: str, config: Any,
             "beat": asyncio.create_task(heartbeat.beat(), name="beat"),
             "loop_lag": asyncio.create_task(LoopLagMonitor(election_metrics.observe_loop_lag).run(), name="loop_lag"),
             **{name: asyncio.create_task(loop, name=name) for name, loop in app_side.loops().items()},
+            **{name: asyncio.create_task(loop(), name=name) for name, loop in leader_parts.loops.items()},
         })
         stopper = asyncio.create_task(stop.wait(), name="stop")
         done, _ = await asyncio.wait([stopper, *tasks.values()], return_when=asyncio.FIRST_COMPLETED)
@@ -191,13 +207,15 @@ async def run(settings: RunSettings, namespace: str, identity: str, config: Any,
                 exit_code = 1
         stopper.cancel()
     finally:
-        await asyncio.shield(_shut_down(heartbeat, tasks, role_files, board, runners, api_client, app_side))
+        await asyncio.shield(_shut_down(heartbeat, tasks, role_files, board, runners, api_client, app_side,
+                                        leader_parts))
     log.info("stopped", extra={"event": "stop", "exit_code": exit_code})
     return exit_code
 
 
 async def _shut_down(heartbeat: BeatHeartbeat, tasks: dict[str, asyncio.Task[None]], role_files: RoleFiles | None,
-                     board: StatusBoard, runners: list[Any], api_client: ApiClient, app_side: AppSide) -> None:
+                     board: StatusBoard, runners: list[Any], api_client: ApiClient, app_side: AppSide,
+                     leader_parts: LeaderParts) -> None:
     try:
         await asyncio.wait_for(_release(heartbeat, tasks.get("elect")), SHUTDOWN_GRACE_S)
     except TimeoutError:
@@ -207,6 +225,7 @@ async def _shut_down(heartbeat: BeatHeartbeat, tasks: dict[str, asyncio.Task[Non
         log.exception("release failed", extra={"event": "release_failed"})
     if app_side.members is not None:
         await app_side.members.withdraw()  # bounded by the API timeout
+    await leader_parts.shut_down()
     for task in tasks.values():
         task.cancel()
     await asyncio.gather(*tasks.values(), return_exceptions=True)

@@ -1,0 +1,352 @@
+"""Issue 11 on the real control plane: the leader Service's EndpointSlice, Events, and their RBAC.
+
+No kubelet or kube-proxy here, so pod IPs are plain data (10.244.0.x, never contacted): what is
+checked is what the API server stores and in which order, which is all the sidecar controls.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from kubernetes_asyncio import client, config
+
+from sidecar.core.announce import BECAME_LEADER, LOST_LEADERSHIP, Announcement, EventPolicy
+from sidecar.core.routing import NothingToDo, Publish, Refuse, Withdraw
+from sidecar.kube.endpoints import LeaderEndpoints
+from sidecar.kube.events import LeaseEvents
+from tests.cluster import sidecars
+from tests.cluster.kube import ca_path, kubectl
+from tests.cluster.test_chart import (  # noqa: F401  (fixtures)
+    EXAMPLE,
+    can_i,
+    charts,
+    helm_env,
+    install_rbac,
+    one,
+    render,
+    sidecar_of,
+)
+from tests.conftest import localcluster
+
+SERVICE = "leader"
+
+
+def pod_ip(index: int) -> str:
+    return f"10.244.0.{10 + index}"
+
+
+def create_service(namespace: str, name: str = SERVICE) -> None:
+    kubectl("create", "-n", namespace, "-f", "-", stdin=yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Service", "metadata": {"name": name},
+        "spec": {"ports": [{"name": "http", "port": 80, "targetPort": 8080}]}}))
+
+
+def get_slice(namespace: str, name: str = SERVICE) -> dict[str, Any] | None:
+    out = kubectl("get", "endpointslice", name, "-n", namespace, "-o", "json", check=False)
+    try:
+        return json.loads(out)
+    except ValueError:
+        return None
+
+
+def addresses(slice_: dict[str, Any] | None) -> list[str]:
+    return [a for e in (slice_ or {}).get("endpoints") or [] for a in e.get("addresses") or []]
+
+
+def slice_token(slice_: dict[str, Any] | None) -> int | None:
+    value = ((slice_ or {}).get("metadata") or {}).get("annotations", {}).get("lease-sidecar.io/fencing-token")
+    return int(value) if value else None
+
+
+class SliceWatcher:
+    """`kubectl get endpointslice --watch`: every stored state of the slice, in order."""
+
+    def __init__(self, namespace: str, name: str = SERVICE) -> None:
+        binary = str(localcluster.TOOLS["kubectl"].cache_path())
+        self.process = subprocess.Popen(
+            [binary, "--kubeconfig", str(localcluster.Paths().kubeconfig), "get", "endpointslice", "-n", namespace,
+             f"--field-selector=metadata.name={name}", "--watch", "-o", "json"],
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        self.states: list[tuple[float, list[str], int | None]] = []
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        decoder, buffer = json.JSONDecoder(), ""
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            buffer += line
+            while buffer.strip():
+                try:
+                    obj, end = decoder.raw_decode(buffer.lstrip())
+                except ValueError:
+                    break
+                buffer = buffer.lstrip()[end:]
+                self.states.append((time.monotonic(), addresses(obj), slice_token(obj)))
+
+    def stop(self) -> list[tuple[float, list[str], int | None]]:
+        self.process.terminate()
+        self.process.wait(10)
+        self._thread.join(5)
+        return self.states
+
+
+@pytest.fixture()
+def fleet() -> Iterator[list[sidecars.Sidecar]]:
+    group: list[sidecars.Sidecar] = []
+    yield group
+    sidecars.stop_all(group)
+
+
+def start_routed(fleet: list[sidecars.Sidecar], count: int, namespace: str, tmp_path: Path) -> None:
+    for index in range(len(fleet), len(fleet) + count):
+        sidecar = sidecars.start(f"pod-{index}", "work", namespace, tmp_path, "--leader-service", SERVICE,
+                                 "--pod-ip", pod_ip(index), "--events")
+        sidecar.extra["ip"] = pod_ip(index)
+        fleet.append(sidecar)
+
+
+def leader_of(fleet: list[sidecars.Sidecar]) -> sidecars.Sidecar:
+    names = sidecars.leaders(fleet)
+    assert len(names) == 1, names
+    return next(s for s in fleet if s.identity == names[0])
+
+
+def routed_to(namespace: str, leader: sidecars.Sidecar) -> bool:
+    current = get_slice(namespace)
+    body = leader.leader() or {}
+    return addresses(current) == [leader.extra["ip"]] and slice_token(current) == body.get("fencing_token")
+
+
+def test_slice_never_holds_two_addresses_across_failovers(fleet: list[sidecars.Sidecar], namespace: str,
+                                                          tmp_path: Path) -> None:
+    create_service(namespace)
+    watcher = SliceWatcher(namespace)
+    start_routed(fleet, 4, namespace, tmp_path)
+    sidecars.wait_for(lambda: len(sidecars.leaders(fleet)) == 1, 15)
+    first = leader_of(fleet)
+    sidecars.wait_for(lambda: routed_to(namespace, first), 10)
+
+    first.kill()  # a crash: the slice keeps the dead pod's address until the next leader writes
+    rest = [s for s in fleet if s.alive()]
+    sidecars.wait_for(lambda: len(sidecars.leaders(rest)) == 1, 15)
+    second = leader_of(rest)
+    sidecars.wait_for(lambda: routed_to(namespace, second), 10)
+
+    assert second.terminate() == 0  # graceful: it leaves the Service before releasing
+    rest = [s for s in fleet if s.alive()]
+    sidecars.wait_for(lambda: len(sidecars.leaders(rest)) == 1, 15)
+    third = leader_of(rest)
+    sidecars.wait_for(lambda: routed_to(namespace, third), 10)
+    time.sleep(0.5)
+    states = watcher.stop()
+
+    assert states, "the watch saw nothing"
+    assert [s for s in states if len(s[1]) > 1] == [], states
+    tokens = [token for _, _, token in states if token is not None]
+    assert tokens == sorted(tokens), f"an older term overwrote a newer one: {tokens}"
+    ips = [ips[0] if ips else None for _, ips, _ in states]
+    # The graceful step-down shows as an empty slice between the second and the third leader.
+    second_at = max(i for i, ip in enumerate(ips) if ip == second.extra["ip"])
+    assert ips[second_at + 1] is None, ips
+    assert third.extra["ip"] in ips[second_at + 1:]
+    for sidecar in fleet:
+        assert "Forbidden" not in sidecar.logs()
+
+
+@pytest.fixture()
+async def api_client(kubeconfig: Path) -> AsyncIterator[client.ApiClient]:
+    configuration = client.Configuration()
+    await config.load_kube_config(config_file=str(kubeconfig), client_configuration=configuration)
+    async with client.ApiClient(configuration) as api:
+        yield api
+
+
+async def test_a_stale_terms_write_is_refused(api_client: client.ApiClient, namespace: str) -> None:
+    create_service(namespace)
+    old = LeaderEndpoints(api_client, namespace, SERVICE, "pod-a", pod_ip(1), "pod-a", 5.0)
+    new = LeaderEndpoints(api_client, namespace, SERVICE, "pod-b", pod_ip(2), "pod-b", 5.0)
+    assert isinstance(await old.publish(5), Publish)
+    assert (addresses(get_slice(namespace)), slice_token(get_slice(namespace))) == ([pod_ip(1)], 5)
+    assert isinstance(await new.publish(6), Publish)
+    # The term-5 leader wakes up from a pause and tries to route to itself, or to leave: refused.
+    assert await old.publish(5) == Refuse(6)
+    assert await old.withdraw(5) == Refuse(6)
+    stored = get_slice(namespace)
+    assert (addresses(stored), slice_token(stored)) == ([pod_ip(2)], 6)
+    assert stored["ports"] == [{"name": "http", "port": 8080, "protocol": "TCP"}]
+    assert stored["metadata"]["labels"] == {"kubernetes.io/service-name": SERVICE,
+                                            "endpointslice.kubernetes.io/managed-by": "lease-sidecar.io"}
+    # The newer term leaves; the token stays, so the older one still cannot write.
+    assert isinstance(await new.withdraw(6), Withdraw)
+    assert await old.publish(5) == Refuse(6)
+    assert (addresses(get_slice(namespace)), slice_token(get_slice(namespace))) == ([], 6)
+    assert await new.withdraw(6) == NothingToDo()
+    assert old.writes == 1 and old.refusals == 3 and new.writes == 2
+
+
+async def test_concurrent_terms_end_with_the_newest(api_client: client.ApiClient, namespace: str) -> None:
+    """Compare-and-swap: whatever the interleaving, the newest term's address is the one left."""
+    import asyncio
+
+    create_service(namespace)
+    writers = [LeaderEndpoints(api_client, namespace, SERVICE, f"pod-{i}", pod_ip(i), None, 5.0) for i in range(6)]
+    await asyncio.gather(*(w.publish(10 + i) for i, w in enumerate(writers)))
+    stored = get_slice(namespace)
+    assert (addresses(stored), slice_token(stored)) == ([pod_ip(5)], 15)
+
+
+async def test_events_are_rate_limited_and_grouped_into_series(api_client: client.ApiClient,
+                                                               namespace: str) -> None:
+    def now() -> tuple[float, Any]:
+        from datetime import UTC, datetime
+
+        return time.monotonic(), datetime.now(UTC)
+
+    events = LeaseEvents(api_client, namespace, "work", "pod-a", now, 5.0,
+                         EventPolicy(burst=3, refill_s=3600, series_window_s=600))
+    for _ in range(20):
+        await events.send(Announcement(LOST_LEADERSHIP, "Warning", "Lose", "pod-a lost leadership: test"))
+    for _ in range(5):
+        await events.send(Announcement(BECAME_LEADER, "Normal", "Acquire", "pod-a became leader"))
+    assert events.sent == 3 and events.policy.dropped == 22
+    stored = json.loads(kubectl("get", "events.events.k8s.io", "-n", namespace, "-o", "json"))["items"]
+    assert len(stored) == 1, stored
+    event = stored[0]
+    assert event["reason"] == LOST_LEADERSHIP and event["series"]["count"] == 3
+    assert event["regarding"] == {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "name": "work",
+                                  "namespace": namespace}
+    assert event["reportingController"] == "lease-sidecar" and event["reportingInstance"] == "pod-a"
+    shown = kubectl("events", "-n", namespace, "--for", "lease/work")
+    assert LOST_LEADERSHIP in shown, shown
+
+
+def test_chart_rbac_allows_exactly_the_routing_and_events(charts: Path, helm_env: dict[str, str],  # noqa: F811
+                                                           namespace: str, tmp_path: Path) -> None:
+    """The chart's Role with leaderService and events on, proven with its ServiceAccount token: a
+    sidecar holding only that token leads, routes the Service to itself, records Events, and leaves
+    the Service on SIGTERM; and the token can do nothing more than that."""
+    docs = render(helm_env, charts / EXAMPLE, "--set", "lease-sidecar.leaderService.enabled=true",
+                  namespace=namespace)
+    token = install_rbac(docs, namespace)
+    service = one(docs, "Service")
+    kubectl("apply", "--server-side", "--field-manager=lease-sidecar-test", "-n", namespace, "-f", "-",
+            stdin=yaml.safe_dump(service))
+    name = service["metadata"]["name"]
+    assert name == "demo-leader" and "selector" not in service["spec"]
+    kubectl("create", "-n", namespace, "-f", "-", stdin=yaml.safe_dump(
+        {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "other"}, "spec": {"ports": [{"port": 1}]}}))
+    slices = "endpointslices.discovery.k8s.io"
+    allowed = [("get", f"{slices}/{name}"), ("update", f"{slices}/{name}"),
+               ("create", "endpointslices.discovery.k8s.io"), ("get", f"services/{name}"),
+               ("create", "events.events.k8s.io"), ("patch", "events.events.k8s.io")]
+    denied = [("get", "endpointslices.discovery.k8s.io/other"), ("update", "endpointslices.discovery.k8s.io/other"),
+              ("delete", f"endpointslices.discovery.k8s.io/{name}"), ("list", "endpointslices.discovery.k8s.io"),
+              ("get", "services/other"), ("update", f"services/{name}"), ("get", "events.events.k8s.io"),
+              ("list", "events.events.k8s.io"), ("delete", "events.events.k8s.io"), ("patch", "pods"),
+              ("get", "pods"), ("create", "events")]
+    assert [a for a in allowed if not can_i(token, namespace, *a)] == []
+    assert [d for d in denied if can_i(token, namespace, *d)] == []
+
+    in_cluster = tmp_path / "serviceaccount"
+    in_cluster.mkdir()
+    (in_cluster / "token").write_text(token)
+    shutil.copy(ca_path(), in_cluster / "ca.crt")
+    (in_cluster / "namespace").write_text(namespace)
+    container, _ = sidecar_of(one(docs, "Deployment")["spec"]["template"]["spec"])
+    chart_env = {item["name"]: item["value"] for item in container["env"]
+                 if item["name"].startswith("LEASE_SIDECAR_") and "value" in item}
+    assert chart_env["LEASE_SIDECAR_LEADER_SERVICE"] == name and chart_env["LEASE_SIDECAR_EVENTS"] == "true"
+    fields = {item["name"]: item.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") for item in container["env"]}
+    assert fields["POD_IP"] == "status.podIP"
+    env = {**chart_env, "KUBERNETES_SERVICE_HOST": "127.0.0.1",
+           "KUBERNETES_SERVICE_PORT": str(localcluster.APISERVER_PORT), "LEASE_SIDECAR_IN_CLUSTER_DIR": str(in_cluster),
+           "POD_NAMESPACE": namespace, "POD_IP": pod_ip(1), "POD_NAME": "demo-pod-0"}
+    sidecar = sidecars.start("demo-pod-0", chart_env["LEASE_SIDECAR_LEASE_NAME"], namespace, tmp_path,
+                             kubeconfig=None, env=env, drop_env=("KUBECONFIG",), timing=())
+    try:
+        sidecars.wait_for(lambda: (sidecar.leader() or {}).get("is_leader") is True, 20)
+        sidecars.wait_for(lambda: addresses(get_slice(namespace, name)) == [pod_ip(1)], 10)
+        stored = get_slice(namespace, name)
+        assert stored["endpoints"][0]["targetRef"] == {"kind": "Pod", "name": "demo-pod-0", "namespace": namespace}
+        assert sidecar.terminate() == 0
+    finally:
+        sidecars.stop_all([sidecar])
+    assert addresses(get_slice(namespace, name)) == []
+    reasons = [e["reason"] for e in json.loads(kubectl("get", "events.events.k8s.io", "-n", namespace, "-o",
+                                                       "json"))["items"]]
+    assert sorted(reasons) == ["BecameLeader", "Released"], reasons
+    logs = sidecar.logs()
+    assert "Forbidden" not in logs and " 403" not in logs, logs[-3000:]
+
+
+def counter(sidecar: sidecars.Sidecar, name: str) -> float:
+    for line in sidecar.metrics_text().splitlines():
+        if line.startswith(f"lease_sidecar_{name}_total{{"):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"no {name} in the metrics of {sidecar.identity}")
+
+
+def test_handover_lands_on_the_named_candidate_and_nobody_else_writes(
+        fleet: list[sidecars.Sidecar], namespace: str, tmp_path: Path, kubeconfig: Path) -> None:
+    """POST /leader/handover, then the CLI through the Lease: each time the named candidate leads,
+    the leader Service follows, and no other candidate even tried to write (their metrics count
+    every acquisition attempt that lost a race)."""
+    create_service(namespace)
+    start_routed(fleet, 6, namespace, tmp_path)
+    sidecars.wait_for(lambda: len(sidecars.leaders(fleet)) == 1, 15)
+    time.sleep(1.0)  # every candidate past its start-up fences
+    won = {s.identity: counter(s, "leader_elections_won") for s in fleet}
+    lost = {s.identity: counter(s, "leader_elections_lost") for s in fleet}
+
+    leader = leader_of(fleet)
+    successor = next(s for s in fleet if s is not leader and s.identity != "pod-0")
+    assert successor.get(f"/leader/handover?to={leader.identity}")[0] == 405  # GET
+
+    def post(sidecar: sidecars.Sidecar, query: str) -> tuple[int, Any]:
+        request = urllib.request.Request(sidecar.url + "/leader/handover" + query, method="POST")
+        try:
+            with urllib.request.urlopen(request, timeout=5) as response:
+                return response.status, json.loads(response.read())
+        except urllib.error.HTTPError as error:
+            return error.code, json.loads(error.read())
+
+    assert post(successor, f"?to={leader.identity}")[0] == 409  # not the leader
+    assert post(leader, "?to=")[0] == 400
+    status, body = post(leader, f"?to={successor.identity}")
+    assert status == 202 and body["handover_to"] == successor.identity and body["status"]["is_leader"] is False
+    sidecars.wait_for(lambda: sidecars.leaders(fleet) == [successor.identity], 5)
+    sidecars.wait_for(lambda: routed_to(namespace, successor), 5)
+
+    target = next(s for s in fleet if s not in (leader, successor))
+    cli = subprocess.run([sys.executable, "-m", "sidecar", "handover", "--lease", "work", "--to", target.identity,
+                          "-n", namespace, "--kubeconfig", str(kubeconfig)], capture_output=True, text=True,
+                         timeout=30)
+    assert cli.returncode == 0, cli.stderr
+    assert f"{target.identity} holds {namespace}/work after" in cli.stdout, cli.stdout
+    assert "spec.preferredHolder" in cli.stdout
+    sidecars.wait_for(lambda: sidecars.leaders(fleet) == [target.identity], 5)
+    sidecars.wait_for(lambda: routed_to(namespace, target), 5)
+
+    for sidecar in fleet:
+        expected_won = 1 if sidecar in (successor, target) else 0
+        assert counter(sidecar, "leader_elections_won") - won[sidecar.identity] == expected_won, sidecar.identity
+        assert counter(sidecar, "leader_elections_lost") - lost[sidecar.identity] == 0, sidecar.identity
+    lease = json.loads(kubectl("get", "lease", "work", "-n", namespace, "-o", "json"))
+    assert "lease-sidecar.io/handover-to" not in lease["metadata"].get("annotations", {})
+    assert not lease["spec"].get("preferredHolder")
+    reasons = [e["reason"] for e in json.loads(kubectl("get", "events.events.k8s.io", "-n", namespace, "-o",
+                                                       "json"))["items"]]
+    assert reasons.count("HandoverRequested") == 2, reasons
