@@ -1,15 +1,18 @@
 """Chaos on a real lease: crashes, graceful stops, restarts under the same identity, API server
-outages, and deletions of the Lease (also while its leader is frozen by SIGSTOP), in a seeded
-random order. Afterwards, every process's own account of its leadership (its log: each claim from
-the start of the write that began the term to the earlier of its last deadline and its step-down,
-on the machine's one monotonic clock; tests/cluster/claims.py) must show claims that never overlap,
-with fencing tokens that grow in the order the terms began."""
+outages, deletions of the Lease (also while its leader is frozen by SIGSTOP), and, since every
+candidate's leadership follows its app (--app-heartbeat-ttl, a process heartbeating as the app),
+the leader's app crashing (restarted a moment later, as a crash-looping container is), hanging
+(SIGSTOP) and resigning, in a seeded random order. Afterwards, every process's own account of its
+leadership (its log: each claim from the start of the write that began the term to the earlier of
+its last deadline and its step-down, on the machine's one monotonic clock; tests/cluster/claims.py)
+must show claims that never overlap, with fencing tokens that grow in the order the terms began."""
 
 from __future__ import annotations
 
 import os
 import random
 import signal
+import subprocess
 import time
 from itertools import pairwise
 from pathlib import Path
@@ -20,21 +23,31 @@ from tests.cluster.kube import kubectl
 from tests.conftest import localcluster
 
 CANDIDATES = 4
-DURATION_S = 40.0
-ACTIONS = ("kill", "term", "outage", "restart", "restart", "delete", "freeze-delete")
+DURATION_S = 50.0
+ACTIONS = ("kill", "term", "outage", "restart", "restart", "delete", "freeze-delete", "app-crash", "app-hang",
+           "resign")
+APP_TTL = ("--app-heartbeat-ttl", "2")
 
 
 def test_terms_never_overlap_under_chaos(namespace: str, tmp_path: Path, cluster: localcluster.Paths) -> None:
     rng = random.Random(20261123)
     everyone: list[tuple[sidecars.Sidecar, bool]] = []  # (process, killed by SIGKILL)
     live: dict[str, sidecars.Sidecar] = {}
+    apps: dict[str, subprocess.Popen[bytes]] = {}  # the app process of each live candidate
     generation = 0
 
     def spawn(identity: str) -> None:
         nonlocal generation
         generation += 1
         live[identity] = sidecars.start(identity, "chaos", namespace, tmp_path / f"g{generation}",
-                                        "--log-level", "debug")
+                                        "--log-level", "debug", *APP_TTL)
+        apps[identity] = sidecars.start_app(live[identity])
+
+    def end_app(identity: str) -> None:
+        app = apps.pop(identity)
+        app.send_signal(signal.SIGCONT)
+        app.kill()
+        app.wait(5)
 
     for index in range(CANDIDATES):
         spawn(f"chaos-{index}")
@@ -50,6 +63,7 @@ def test_terms_never_overlap_under_chaos(namespace: str, tmp_path: Path, cluster
             choice = pending[0] if pending else rng.choice(ACTIONS)
             if choice in ("kill", "term") and leaders and len(live) > 1:
                 victim = live.pop(leaders[0])
+                end_app(victim.identity)
                 if choice == "kill":
                     victim.kill()
                     everyone.append((victim, True))
@@ -78,13 +92,31 @@ def test_terms_never_overlap_under_chaos(namespace: str, tmp_path: Path, cluster
                     time.sleep(rng.uniform(0.5, 6.0))
                 finally:
                     os.kill(frozen.process.pid, signal.SIGCONT)
+            elif choice == "app-crash" and leaders:
+                end_app(leaders[0])
+                time.sleep(rng.uniform(0.5, 3.0))  # restarted after a back-off
+                apps[leaders[0]] = sidecars.start_app(live[leaders[0]])
+            elif choice == "app-hang" and leaders:
+                os.kill(apps[leaders[0]].pid, signal.SIGSTOP)
+                try:
+                    time.sleep(rng.uniform(1.0, 4.0))
+                finally:
+                    os.kill(apps[leaders[0]].pid, signal.SIGCONT)
+            elif choice == "resign" and leaders:
+                live[leaders[0]].post(f"/leader/resign?sit_out={rng.uniform(0, 2):.2f}")
             else:
                 continue
             actions[choice] += 1
             if choice in pending:
                 pending.remove(choice)
-        sidecars.wait_for(lambda: len(sidecars.leaders(list(live.values()))) == 1, 15)
+        try:
+            sidecars.wait_for(lambda: len(sidecars.leaders(list(live.values()))) == 1, 15)
+        except AssertionError:
+            states = {name: sidecar.leader() for name, sidecar in live.items()}
+            raise AssertionError(f"not one leader at the end (actions {actions}): {states}") from None
     finally:
+        for identity in list(apps):
+            end_app(identity)
         for sidecar in live.values():
             os.kill(sidecar.process.pid, signal.SIGCONT)
             sidecar.terminate()
