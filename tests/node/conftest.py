@@ -23,3 +23,10 @@ def node() -> local_node.Node:
         pytest.fail(f"the local node could not start: {error}", pytrace=False)
     os.environ["KUBECONFIG"] = str(ready.kubeconfig)
     return ready
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """test_node_lifecycle.py stops and restarts the node, which empties its containerd (the images
+    other modules imported): it runs after every other test of the session."""
+    restarts = [item for item in items if item.path.name == "test_node_lifecycle.py"]
+    items[:] = [item for item in items if item.path.name != "test_node_lifecycle.py"] + restarts
