@@ -5,18 +5,21 @@ node comes back for the rest of the session)."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
 import uuid
+from pathlib import Path
 
 from tests.conftest import ROOT, local_node, localcluster
 
 CLUSTER = ROOT / "deploy" / "local" / "cluster"
 
 
-def cluster_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, str(CLUSTER), *args], capture_output=True, text=True, timeout=600)
+def cluster_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, str(CLUSTER), *args], capture_output=True, text=True, timeout=600,
+                          env={**os.environ, **(env or {})})
 
 
 def test_node_addresses_live_only_in_its_namespace(node: local_node.Node) -> None:
@@ -64,3 +67,18 @@ def test_down_node_leaves_nothing_behind_and_up_comes_back(node: local_node.Node
         sys.__stdout__.write(f"\n[node figures] {json.dumps({'figure': 'warm up --node', 'seconds': warm_up_s})}\n")
     finally:
         node.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
+
+
+def test_one_node_per_machine(node: local_node.Node, tmp_path: Path) -> None:
+    """A second state directory gets its own control plane, but not a second node beside ours."""
+    other = {"LOCAL_CLUSTER_STATE": str(tmp_path / "other"), "LOCAL_CLUSTER_APISERVER_PORT": "26543",
+             "LOCAL_CLUSTER_ETCD_PORT": "22479"}
+    try:
+        refused = cluster_cli("up", "--node", env=other)
+        assert refused.returncode == 1
+        assert refused.stderr.strip().splitlines()[-1].startswith(
+            f"cluster: error: a node from {node.paths.root} runs on this machine (one per machine)")
+    finally:
+        down = cluster_cli("down", env=other)
+    assert down.returncode == 0, down.stderr
+    assert local_node.is_node_ready(node.paths) and local_node.node_running(node.paths)  # ours untouched
