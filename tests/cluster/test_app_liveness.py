@@ -15,6 +15,7 @@ import json
 import signal
 import statistics
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from pathlib import Path
 import pytest
 
 from tests.cluster import sidecars
+from tests.cluster.kube import get_lease
 
 APP_TTL_S = 2.0
 LEASE_TTL_S = 4.0  # sidecars.FAST
@@ -186,3 +188,45 @@ def test_measured_app_failure_and_resign_to_new_leader(namespace: str, tmp_path:
               f"lease TTL {LEASE_TTL_S:g}s)")
         assert max(values) < APP_TTL_S + LEASE_TTL_S
     assert statistics.median(figures["resign"]) < 1.0
+
+
+HEALTH_SERVER = """
+import http.server, pathlib, sys
+flag = pathlib.Path(sys.argv[2])
+class Health(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        ok = flag.read_text().strip() == "ok"
+        self.send_response(200 if ok and self.path == "/healthz" else 500)
+        self.end_headers()
+    def log_message(self, *args):
+        pass
+http.server.HTTPServer(("127.0.0.1", int(sys.argv[1])), Health).serve_forever()
+"""
+
+
+def test_health_url_probes_gate_and_step_down(namespace: str, tmp_path: Path) -> None:
+    """--app-health-url: a passing probe counts as a heartbeat, a failing one as silence."""
+    port, flag = sidecars.free_port(), tmp_path / "health"
+    flag.write_text("ok")
+    server = subprocess.Popen([sys.executable, "-c", HEALTH_SERVER, str(port), str(flag)])
+    probed = sidecars.start("probed", "probed", namespace, tmp_path, *GATED,
+                            "--app-health-url", f"http://127.0.0.1:{port}/healthz")
+    try:
+        sidecars.wait_for(lambda: sidecars.leaders([probed]) == ["probed"], 20, interval=0.1)
+        assert probed.leader()["app"]["alive"] is True
+        flag.write_text("failing")
+        failed = time.monotonic()
+        sidecars.wait_for(lambda: probed.leader()["role"] == "standby", APP_TTL_S + 2, interval=0.05)
+        assert time.monotonic() - failed >= APP_TTL_S - 1.0  # one probe interval of slack
+        sidecars.wait_for(lambda: (get_lease_holder(namespace) == ""), 5, interval=0.1)  # released
+        flag.write_text("ok")
+        sidecars.wait_for(lambda: sidecars.leaders([probed]) == ["probed"], 5, interval=0.05)
+        assert "app health probe failing" in probed.logs()
+    finally:
+        server.kill()
+        sidecars.stop_all([probed])
+
+
+def get_lease_holder(namespace: str) -> str | None:
+    lease = get_lease(namespace, "probed")
+    return None if lease is None else lease["spec"].get("holderIdentity") or ""
