@@ -317,6 +317,9 @@ def running_pid(paths: Paths, name: str) -> int | None:
     # `name` is the program (argv[0]), or for a script such as nsforward.py, argv[1]'s stem.
     names = {Path(arg.decode(errors="replace")).name for arg in argv[:1]}
     names |= {Path(arg.decode(errors="replace")).stem for arg in argv[1:2]}
+    # A node process is started by nsenter, which execs it: for a moment argv is nsenter's.
+    if argv[:1] and Path(argv[0].decode(errors="replace")).name == "nsenter" and b"--" in argv[:-1]:
+        names.add(Path(argv[argv.index(b"--") + 1].decode(errors="replace")).name)
     return pid if _pid_alive(pid) and name in names else None
 
 

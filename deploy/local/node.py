@@ -482,13 +482,13 @@ def node_running(paths: lc.Paths) -> bool:
             and all(lc.running_pid(paths, name) for name in NODE_PROCESSES))
 
 
-def _wait_node_ready(paths: lc.Paths) -> None:
+def _wait_node_ready(paths: lc.Paths, pids: dict[str, int]) -> None:
     deadline = time.monotonic() + NODE_READY_TIMEOUT_S
     while time.monotonic() < deadline:
         if is_node_ready(paths):
             return
-        for name in NODE_PROCESSES:
-            if lc.running_pid(paths, name) is None:
+        for name, pid in pids.items():
+            if not lc._pid_alive(pid):
                 raise lc.ClusterError(f"{name} exited while the node started; see {paths.log_file(name)}")
         time.sleep(0.5)
     raise lc.ClusterError(f"node {NODE_NAME} not Ready after {NODE_READY_TIMEOUT_S:.0f}s; "
@@ -542,14 +542,15 @@ def _start(node: NodePaths, pause: Path) -> None:
     _forget_node(paths)
     create_namespaces(node)
     write_node_configs(node)
+    pids = {}
     for name in NODE_PROCESSES:
-        pid = lc._spawn(paths, name, _argv(node, name))
+        pids[name] = pid = lc._spawn(paths, name, _argv(node, name))
         if name == "containerd":
             _wait_socket(node.containerd_socket, pid, name, paths.log_file(name))
             import_image(pause, paths)
         elif name == "nsforward":
             _wait_socket(node.egress_socket, pid, name, paths.log_file(name))
-    _wait_node_ready(paths)
+    _wait_node_ready(paths, pids)
 
 
 def _teardown(paths: lc.Paths) -> None:

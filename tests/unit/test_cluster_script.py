@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -193,3 +194,25 @@ def test_node_needs_root_and_says_so_before_starting_anything(tmp_path: Path) ->
     assert result.stderr.strip().splitlines()[-1] == (
         "cluster: error: `up --node` needs root: it creates namespaces, mounts and cgroups")
     assert not (tmp_path / "state").exists()
+
+
+def test_a_node_process_is_recognised_while_nsenter_still_holds_its_argv(tmp_path: Path) -> None:
+    sys.path.insert(0, str(ROOT / "deploy" / "local"))
+    import localcluster
+
+    # argv as nsenter's until it execs the program: "nsenter --net=PIN -- /path/kubelet --config=..."
+    proc = subprocess.Popen(["bash", "-c", f"exec -a nsenter {sys.executable} -c 'import time; time.sleep(30)' "
+                             "--net=/run/x -- /opt/bin/kubelet --v=1"])
+    try:
+        paths = localcluster.Paths(tmp_path)
+        for name in ("kubelet", "kube-proxy"):
+            paths.pid_file(name).write_text(str(proc.pid))
+        deadline = time.monotonic() + 10
+        while not Path(f"/proc/{proc.pid}/cmdline").read_bytes().startswith(b"nsenter\0") and (
+                time.monotonic() < deadline):
+            time.sleep(0.01)
+        assert localcluster.running_pid(paths, "kubelet") == proc.pid
+        assert localcluster.running_pid(paths, "kube-proxy") is None
+    finally:
+        proc.kill()
+        proc.wait()
