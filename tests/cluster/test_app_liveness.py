@@ -19,7 +19,7 @@ import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from itertools import pairwise
 from pathlib import Path
 
@@ -52,7 +52,7 @@ def terms_from(sidecar: sidecars.Sidecar, now: float) -> list[Term]:
             continue
         if entry.get("event") != "role_changed":
             continue
-        at = datetime.strptime(entry["ts"], "%Y-%m-%dT%H:%M:%S.%fZ").timestamp()
+        at = datetime.strptime(entry["ts"], "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC).timestamp()
         if entry["to_role"] == "leader":
             current = Term(sidecar.identity, entry["term"], at, float("inf"))
         elif entry["from_role"] == "leader" and current is not None:

@@ -12,7 +12,7 @@ import statistics
 import subprocess
 import time
 from collections.abc import Callable, Iterator
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -95,7 +95,7 @@ def role_changes(release: Release, pod: str) -> list[dict[str, Any]]:
         except ValueError:
             continue
         if entry.get("event") in ("role_changed", "resign"):
-            entry["at"] = datetime.strptime(entry["ts"], "%Y-%m-%dT%H:%M:%S.%fZ").timestamp()  # noqa: DTZ007
+            entry["at"] = datetime.strptime(entry["ts"], "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC).timestamp()
             events.append(entry)
     return events
 
