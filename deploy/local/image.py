@@ -84,6 +84,8 @@ BASE_RECIPE_LABEL = "io.lease-sidecar.base-recipe"
 RUNTIME_BASE_STAGE = "python"
 BUILD_TIMEOUT_S = 3600.0  # a cold mmdebstrap + pip install on 2 busy cores takes minutes
 CTR_TIMEOUT_S = 600.0
+CTR_ATTEMPTS = 3
+CTR_RETRY_S = 10.0
 
 
 class ImageError(Exception):
@@ -312,7 +314,17 @@ def import_into_containerd(tarball: Path, address: str) -> None:
     ensure_packages({"ctr": "containerd"})
     argv = ["ctr", "--address", address, "--namespace", "k8s.io", "images", "import", str(tarball)]
     log = IMAGES_DIR / "ctr-import.log"
-    _run(argv, log, f"ctr import {tarball.name} into {address}", CTR_TIMEOUT_S)
+    # A node being restarted (another session's `up --node`) drops the connection mid-import:
+    # try again a few times before failing.
+    for attempt in range(1, CTR_ATTEMPTS + 1):
+        try:
+            _run(argv, log, f"ctr import {tarball.name} into {address}", CTR_TIMEOUT_S)
+            return
+        except ImageError:
+            if attempt == CTR_ATTEMPTS:
+                raise
+            say(f"ctr import failed (attempt {attempt} of {CTR_ATTEMPTS}); retrying in {CTR_RETRY_S:.0f}s")
+            time.sleep(CTR_RETRY_S)
 
 
 def load(address: str) -> str:
@@ -337,7 +349,7 @@ def main(argv: list[str]) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("build", help="build (or take from the cache) the image tarball; print its path")
     load_parser = sub.add_parser("load", help="build if needed, then import into the node's containerd")
-    load_parser.add_argument("--address", default=os.environ.get("LOCAL_NODE_CONTAINERD_ADDRESS"),
+    load_parser.add_argument("--address", default=os.environ.get("CONTAINERD_ADDRESS"),
                              help="containerd socket (default: the local node's)")
     sub.add_parser("ref", help="print the image reference the charts run by default")
     args = parser.parse_args(argv)
