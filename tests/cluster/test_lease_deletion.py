@@ -24,7 +24,7 @@ import pytest
 from tests.cluster import sidecars
 from tests.cluster.blackhole import BlackHoleProxy
 from tests.cluster.claims import Claim, claims_from_log, overlapping
-from tests.cluster.kube import kubectl
+from tests.cluster.kube import get_lease, kubectl
 from tests.conftest import localcluster
 
 TTL_S = 4.0
@@ -79,14 +79,18 @@ def delete_lease(namespace: str) -> float:
     return issued
 
 
-def check(fleet: list[sidecars.Sidecar], deletions: list[float]) -> list[Claim]:
+def check(fleet: list[sidecars.Sidecar], deletions: list[float], holder_may_renew: bool = False) -> list[Claim]:
     claims = sorted(all_claims(fleet), key=lambda c: c.start_mono)
     assert not overlapping(claims), "two leaders at once:\n" + "\n".join(f"{a}\n{b}" for a, b in overlapping(claims))
-    for issued in deletions:
-        after = [c for c in claims if c.end_mono > issued]
-        # The leader at the deletion (claim started before) and then the first new term.
-        new = next(c for c in after if c.start_mono > issued)
-        assert new.start_mono >= issued + TTL_S, f"new term {new.start_mono - issued:.3f}s after the deletion"
+    # Nobody may begin a term within one lease duration of the change its holder could not see;
+    # except, when the record still names it (`holder_may_renew`), the holder itself (rule O).
+    def holder_at(moment: float) -> str | None:
+        return next((c.process for c in claims if c.start_mono <= moment < c.end_mono), None)
+
+    early = [(round(c.start_mono - issued, 3), c) for c in claims for issued in deletions
+             if issued < c.start_mono < issued + TTL_S
+             and not (holder_may_renew and c.process == holder_at(issued))]
+    assert not early, f"terms begun too soon after the change: {early}"
     tokens = [c.token for c in claims]
     assert tokens == sorted(set(tokens)), tokens
     return claims
@@ -160,6 +164,47 @@ def test_deleted_lease_with_the_leader_frozen_never_makes_two_leaders(
             assert "renew deadline passed" in reasons, reasons
     print(f"leader frozen {pause_s:g}s, lease deleted: new leader after {', '.join(f'{t:.2f}s' for t in took)} "
           f"(lease {TTL_S:g}s); {len(claims)} terms, no overlap")
+
+
+def rewrite_lease(namespace: str, change: str) -> float:
+    """A third party's write to the record (kubectl replace); returns the monotonic time before."""
+    lease = get_lease(namespace, LEASE)
+    assert lease is not None
+    if change == "empty-holder":  # not a release: the duration stays, no fresh times
+        lease["spec"]["holderIdentity"] = ""
+    else:
+        lease["spec"]["leaseDurationSeconds"] = 1
+    issued = time.monotonic()
+    kubectl("replace", "-f", "-", "-n", namespace, stdin=json.dumps(lease))
+    return issued
+
+
+@pytest.mark.parametrize("change", ["empty-holder", "shrink"])
+def test_a_rewritten_record_with_the_leader_frozen_never_makes_two_leaders(
+        change: str, fleet: list[sidecars.Sidecar], namespace: str, tmp_path: Path,
+        cluster: localcluster.Paths) -> None:
+    for index in range(3):
+        fleet.append(sidecars.start(f"rewritten-{index}", LEASE, namespace, tmp_path, *DEBUG))
+    sidecars.wait_for(lambda: leader_among(fleet), TTL_S + 10)
+    changes, outcomes = [], []
+    for _ in range(2):
+        old = leader_among(fleet)
+        assert old is not None
+        os.kill(old.process.pid, signal.SIGSTOP)
+        issued = rewrite_lease(namespace, change)
+        time.sleep(1.5)
+        os.kill(old.process.pid, signal.SIGCONT)
+        changes.append(issued)
+        # Emptied: the woken leader steps down and the next one comes a lease duration after the
+        # change. Shrunk: the record is still the leader's own; it renews (under its own duration).
+        sidecars.wait_for(lambda: leader_among(fleet) is not None, 3 * TTL_S)
+        time.sleep(max(0.0, issued + TTL_S + 0.5 - time.monotonic()))
+        now_leading = leader_among(fleet)
+        assert now_leading is not None
+        outcomes.append(f"{old.identity} -> {now_leading.identity}")
+    claims = check(fleet, changes, holder_may_renew=change == "shrink")
+    print(f"leader frozen 1.5s, {change} written by a third party: {', '.join(outcomes)}; "
+          f"{len(claims)} terms, no overlap")
 
 
 def test_brand_new_election_elects_its_first_leader_one_lease_duration_after_looking(
