@@ -7,6 +7,7 @@ shown. The process signalled is the one the table shows as leader at that moment
 
 from __future__ import annotations
 
+import http.client
 import json
 import queue
 import signal
@@ -54,8 +55,8 @@ def follow(sidecar: sidecars.Sidecar, changes: queue.Queue[Change]) -> None:
                     data = []
                     token = f" #{status['fencing_token']}" if status["is_leader"] else ""
                     changes.put(Change(time.monotonic(), sidecar.identity, f"{status['role']}{token}"))
-    except OSError:
-        pass  # the stream ends with the process
+    except (OSError, http.client.HTTPException):
+        pass  # the stream ends with the process (a cut chunk is an IncompleteRead)
     code = sidecar.process.wait()
     changes.put(Change(time.monotonic(), sidecar.identity, "down", f"{sidecar.identity} exited {code}"))
 
