@@ -100,6 +100,12 @@ def role_changes(release: Release, pod: str) -> list[dict[str, Any]]:
     return events
 
 
+def pod_logs(release: Release, pod: str) -> str:
+    return "\n".join(example_release.kubectl("logs", "-n", release.namespace, pod, "-c", container, "--tail=25",
+                                              check=False, timeout_s=30).stdout
+                     for container in (example_release.APP_CONTAINER, example_release.SIDECAR_CONTAINER))
+
+
 def assert_old_stood_down_first(release: Release, old: str, new: str, since: float) -> float:
     """The old leader's sidecar said standby no later than the new one said leader; returns the
     new leader's epoch time of becoming leader."""
@@ -175,7 +181,10 @@ def test_pods_whose_apps_do_not_heartbeat_never_lead(release: Release, watch: ex
         signal_app(release, others[0], "SIGCONT")
         frozen.remove(others[0])
         resumed = time.monotonic()
-        taken = watch.wait_for(lambda c: c.holder != "", 30, since_s=resumed, what="a holder once an app is back")
+        try:
+            taken = watch.wait_for(lambda c: c.holder != "", 30, since_s=resumed, what="a holder once an app is back")
+        except example_release.ReleaseError as error:
+            pytest.fail(f"{error}\n{others[0]}'s app and sidecar said:\n{pod_logs(release, others[0])}", pytrace=False)
         assert taken.holder == others[0], taken
     finally:
         for pod in frozen:
