@@ -1,6 +1,6 @@
 """Liveness-gated leadership on the control plane, with processes standing in for the apps.
 
-The leader's app crashes (SIGKILL), hangs (SIGSTOP) or resigns: a standby whose app is alive takes
+The leader's app crashes (SIGKILL), crash-loops, hangs (SIGSTOP) or resigns: a standby whose app is alive takes
 over within app TTL + lease TTL (a resign: well under a second), and never while the old leader
 still reports leader (each process's own log of its role changes, one machine, one clock). A
 candidate whose app never heartbeats never leads.
@@ -16,6 +16,7 @@ import signal
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from pathlib import Path
 
 import pytest
 
+from sidecar import client
 from tests.cluster import sidecars
 from tests.cluster.kube import get_lease
 
@@ -32,6 +34,7 @@ APP_TTL_S = 2.0
 LEASE_TTL_S = 4.0  # sidecars.FAST
 GATED = ("--app-heartbeat-ttl", str(APP_TTL_S))
 TRIALS = 5
+CRASHLOOP_EVERY_S = 2.5
 
 
 @dataclass
@@ -119,9 +122,19 @@ def hand_over(fleet: Fleet, how: str) -> float:
     time.sleep(max(0.0, fleet.settled_at - time.monotonic()))
     app = fleet.apps[old]
     started = time.monotonic()
-    if how == "crash":
+    looping = threading.Event()
+    if how in ("crash", "crashloop"):
         app.kill()
         app.wait(5)
+        if how == "crashloop":
+            # Each restart of a crash-looping app heartbeats once while starting, then dies; the
+            # restarts come CRASHLOOP_EVERY_S apart (a kubelet back-off), longer than the TTL.
+            def crash_loop(url: str = fleet.cars[old].url) -> None:
+                while not looping.wait(CRASHLOOP_EVERY_S):
+                    client.heartbeat(url, detail={"restart": True})
+
+            looping_thread = threading.Thread(target=crash_loop, daemon=True)
+            looping_thread.start()
     elif how == "hang":
         app.send_signal(signal.SIGSTOP)
     else:
@@ -130,15 +143,19 @@ def hand_over(fleet: Fleet, how: str) -> float:
     sidecars.wait_for(lambda: any(n != old for n in fleet.leaders()), APP_TTL_S + LEASE_TTL_S + 2)
     took = time.monotonic() - started
     assert fleet.cars[old].leader()["is_leader"] is False
+    if how == "crashloop":
+        time.sleep(2 * CRASHLOOP_EVERY_S)  # the crash-looping candidate does not take it back
+        assert old not in fleet.leaders() and len(fleet.leaders()) == 1, fleet.leaders()
+        looping.set()
     # Put the old leader's app back, as a restarted container or a resumed process would be.
-    if how == "crash":
+    if how in ("crash", "crashloop"):
         fleet.start_app(old)
     elif how == "hang":
         app.send_signal(signal.SIGCONT)
     return took
 
 
-@pytest.mark.parametrize("how", ["crash", "hang", "resign"])
+@pytest.mark.parametrize("how", ["crash", "crashloop", "hang", "resign"])
 def test_leader_app_failure_hands_over_to_a_live_standby(fleet: Fleet, how: str) -> None:
     took = hand_over(fleet, how)
     assert took < APP_TTL_S + LEASE_TTL_S, took
