@@ -3,9 +3,10 @@
 A timer is set `interval_s` ahead; the time between its due moment and the moment the loop runs
 it is the loop's lag, fed to `observe` (seconds). Lag comes from a callback that holds the loop
 (JSON encoding, file writes, a TLS handshake, a garbage collection) or from the process not being
-scheduled. It is a sample: a stall of d seconds is seen with probability about d / interval_s,
-but any stall long enough to matter for /leader latency (milliseconds) overlaps many samples over
-a minute. Cost: one timer per interval (the default 20 ms is ~50 wake-ups a second).
+scheduled. Up to 1 ms of it is the loop's own: epoll waits in whole milliseconds, rounded up, so
+only lags beyond that are stalls. It is a sample: a stall of d seconds is seen with probability
+about d / interval_s, but stalls that matter for /leader latency (milliseconds) recur and overlap
+many samples over a minute. Cost: one timer per interval (the default 20 ms is ~50 wake-ups a second).
 """
 
 from __future__ import annotations
