@@ -85,6 +85,7 @@ RUNTIME_BASE_STAGE = "python"
 BUILD_TIMEOUT_S = 3600.0  # a cold mmdebstrap + pip install on 2 busy cores takes minutes
 CTR_TIMEOUT_S = 600.0
 CTR_ATTEMPTS = 3
+KEPT_IMAGE_TARBALLS = 3  # other checkouts or sessions may still import a recent one
 CTR_RETRY_S = 10.0
 
 
@@ -295,7 +296,16 @@ def image_tarball() -> Path:
              f"buildah push {ref} -> {target.name}")
         partial.rename(target)
         say(f"image built in {time.monotonic() - started:.0f}s")
+        prune_image_tarballs(keep=target)
     return target
+
+
+def prune_image_tarballs(keep: Path) -> None:
+    """Every source edit makes a new tarball (about 200 MB): keep only the newest few."""
+    tarballs = sorted(IMAGES_DIR.glob("lease-sidecar-*.tar"), key=lambda path: path.stat().st_mtime, reverse=True)
+    for old in [path for path in tarballs if path != keep][KEPT_IMAGE_TARBALLS - 1:]:
+        if ".partial" not in old.name:
+            old.unlink(missing_ok=True)
 
 
 def image_config_digest(tarball: Path) -> str:
