@@ -156,7 +156,8 @@ async def run(settings: RunSettings, namespace: str, identity: str, config: Any,
     app_side = AppSide.build(settings, config, liveness, board, clock, heartbeat, api_client, identity, namespace,
                              election_metrics)
     if app_side.members is not None:
-        board.subscribe(SuccessorView(elector, clock, app_side.members.table.rows).on_snapshot)
+        board.subscribe(SuccessorView(elector, clock, app_side.members.table.rows,
+                                      app_gated=settings.app_heartbeat_ttl is not None).on_snapshot)
 
     tasks: dict[str, asyncio.Task[None]] = {}
 

@@ -135,10 +135,13 @@ def handover_requester(elector: Elector, clock: Clock, board: StatusBoard, wake:
 
 class SuccessorView:
     """Feeds the Elector the members view for choosing a successor (a StatusBoard listener: every
-    change and heartbeat). `rows(now_mono)` is the members table's rows."""
+    change and heartbeat). `rows(now_mono)` is the members table's rows. `app_gated`: leading needs
+    a live app (--app-heartbeat-ttl), so a member whose app never heartbeated (a pod just started)
+    cannot take the lease and is not named."""
 
-    def __init__(self, elector: Elector, clock: Clock, rows: Callable[[float], list[dict[str, Any]]]) -> None:
-        self._elector, self._clock, self._rows = elector, clock, rows
+    def __init__(self, elector: Elector, clock: Clock, rows: Callable[[float], list[dict[str, Any]]],
+                 app_gated: bool = False) -> None:
+        self._elector, self._clock, self._rows, self._app_gated = elector, clock, rows, app_gated
         self._first_seen: dict[str, float] = {}
 
     def on_snapshot(self, _snapshot: Snapshot) -> None:
@@ -148,7 +151,8 @@ class SuccessorView:
             identity = row["identity"]
             members.append(Member(identity, bool(row["alive"]), self._first_seen.setdefault(identity, now),
                                   revision=revision_from_pod_name(identity),
-                                  ready=row.get("role") in ("leader", "standby")))
+                                  ready=row.get("role") in ("leader", "standby")
+                                  and (not self._app_gated or row.get("app_heartbeat_at") is not None)))
         self._elector.members = members
 
 

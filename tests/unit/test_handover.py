@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from sidecar.core.election import BeatRole, Elector, Wait, Write
+from sidecar.core.election import BeatRole, Elector, Moment, Wait, Write
 from sidecar.core.record import LeaseRecord
 from sidecar.core.succession import SUCCESSOR_WINDOW_S, Member
 from tests.unit.test_election import CONFIG, Store, at, lead
@@ -136,3 +136,25 @@ def test_a_resign_names_a_successor_too() -> None:
     release = leader.next_action(at(1))
     assert isinstance(release, Write) and release.kind == "release"
     assert release.record.successor == "web-bbb-1"
+
+
+def test_successor_view_skips_members_whose_app_never_heartbeated() -> None:
+    from sidecar.wiring.leader_parts import SuccessorView
+
+    class Clock:
+        def now(self) -> Moment:
+            return at(7)
+
+    rows = [{"identity": "web-bbbbbb1-new01", "alive": True, "role": "standby", "app_heartbeat_at": None},
+            {"identity": "web-bbbbbb1-new02", "alive": True, "role": "standby",
+             "app_heartbeat_at": "2026-01-01T00:00:00.000000Z"},
+            {"identity": "web-aaaaaa1-old01", "alive": True, "role": "unknown", "app_heartbeat_at": None}]
+    elector = Elector("web-aaaaaa1-old00", CONFIG)
+    SuccessorView(elector, Clock(), lambda _now: rows, app_gated=True).on_snapshot({})
+    assert [(m.identity, m.ready, m.revision) for m in elector.members] == [
+        ("web-bbbbbb1-new01", False, "bbbbbb1"), ("web-bbbbbb1-new02", True, "bbbbbb1"),
+        ("web-aaaaaa1-old01", False, "aaaaaa1")]
+    elector.own_revision = "aaaaaa1"
+    assert elector.choose_successor(replacing_self=True) == "web-bbbbbb1-new02"
+    SuccessorView(elector, Clock(), lambda _now: rows, app_gated=False).on_snapshot({})
+    assert elector.choose_successor(replacing_self=True) == "web-bbbbbb1-new01"
