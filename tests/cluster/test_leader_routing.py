@@ -395,3 +395,22 @@ def test_a_replaced_leader_hands_over_to_the_new_revision(fleet: list[sidecars.S
     assert "web-bbbbbb2-y0001" in leader.logs() and '"successor": "web-bbbbbb2-y0001"' in leader.logs()
     for sidecar in fleet:
         assert counter(sidecar, "leader_elections_lost") == lost[sidecar.identity], sidecar.identity
+
+
+def test_label_pod_follows_the_role(fleet: list[sidecars.Sidecar], namespace: str, tmp_path: Path) -> None:
+    """--label-pod: the pod's lease-sidecar.io/role label says leader while it leads, standby after
+    it steps down. (The pod object is never scheduled here: only its labels matter.)"""
+    kubectl("create", "-n", namespace, "-f", "-", stdin=yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "web-0"},
+        "spec": {"containers": [{"name": "app", "image": "example.invalid/app:1"}]}}))
+
+    def label() -> str | None:
+        pod = json.loads(kubectl("get", "pod", "web-0", "-n", namespace, "-o", "json"))
+        return (pod["metadata"].get("labels") or {}).get("lease-sidecar.io/role")
+
+    sidecar = sidecars.start("web-0", "work", namespace, tmp_path, "--label-pod", env={"POD_NAME": "web-0"})
+    fleet.append(sidecar)
+    sidecars.wait_for(lambda: (sidecar.leader() or {}).get("is_leader") is True, 15)
+    sidecars.wait_for(lambda: label() == "leader", 10)
+    assert sidecar.terminate() == 0
+    assert label() == "standby"
