@@ -9,6 +9,7 @@ import pytest
 
 from sidecar.core.config import ElectionConfig
 from sidecar.core.election import BeatRole, Elector, Moment
+from sidecar.core.lock import Conflict
 from sidecar.core.record import LeaseRecord
 from sidecar.engine.heartbeat import BeatHeartbeat
 from sidecar.engine.memory_lock import InMemoryLockBackend
@@ -121,3 +122,20 @@ async def test_step_down_log_gives_each_terms_own_true_reason(caplog: pytest.Log
     await a.shutdown()
     assert step_down_reasons(caplog) == [(1, "lease deleted"), (2, "renew deadline passed"),
                                          (4, "renew deadline passed")]
+
+
+class ConflictingReads(InMemoryLockBackend):
+    """A backend breaking the contract: its reads say "conflict"."""
+
+    async def get(self, timeout_s: float) -> None:
+        raise Conflict("a read cannot conflict")
+
+
+async def test_a_conflicting_read_counts_as_a_failed_call(caplog: pytest.LogCaptureFixture) -> None:
+    # Handled by an explicit check, not an assert: the image runs with PYTHONOPTIMIZE=2.
+    clock, backend = FakeClock(), ConflictingReads()
+    a = candidate("a", backend, clock)
+    with caplog.at_level(logging.ERROR, logger="lease_sidecar"):
+        assert await a.try_become_leader() is False
+    assert [r for r in caplog.records if getattr(r, "event", None) == "read_failed"]
+    assert a.board.snapshot()["is_leader"] is False
