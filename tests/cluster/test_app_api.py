@@ -126,7 +126,7 @@ def test_members_view_and_its_leases(pair: list[sidecars.Sidecar], namespace: st
     def roles() -> dict[str, tuple[str, bool]]:
         return {m["identity"]: (m["role"], m["alive"]) for m in standby.get("/members")[1]["members"]}
 
-    sidecars.wait_for(lambda: roles() == {"app-a": ("leader", True), "app-b": ("standby", True)}, 10, 0.1)
+    sidecars.wait_for(lambda: roles() == {"app-a": ("leader", True), "app-b": ("standby", True)}, 20, 0.1)
     view = standby.get("/members")[1]
     assert view["enabled"] is True and view["counts"] == {"leader": 1, "standby": 1, "unknown": 0, "stale": 0}
     assert next(m for m in view["members"] if m["identity"] == "app-a")["info"]["next_due_task"] == "tick"
@@ -138,15 +138,15 @@ def test_members_view_and_its_leases(pair: list[sidecars.Sidecar], namespace: st
     assert 'lease_sidecar_members{name="apps",namespace="' in metrics and 'state="leader"} 1.0' in metrics
     # A clean shutdown removes the member's Lease; a crash leaves it, and it goes stale by observation.
     assert leader.terminate() == 0
-    sidecars.wait_for(lambda: "app-a" not in roles(), 5, 0.1)
+    sidecars.wait_for(lambda: "app-a" not in roles(), 15, 0.1)
     assert "apps-member-app-a" not in kubectl("get", "leases", "-n", namespace, "-o", "name")
-    sidecars.wait_for(lambda: roles().get("app-b") == ("leader", True), 10, 0.1)
+    sidecars.wait_for(lambda: roles().get("app-b") == ("leader", True), 20, 0.1)
     third = sidecars.start("app-c", "apps", namespace, standby.role_dir.parent.parent, "--members",
                            "--app-heartbeat-ttl", "3")
     try:
-        sidecars.wait_for(lambda: roles().get("app-c") == ("standby", True), 10, 0.1)
+        sidecars.wait_for(lambda: roles().get("app-c") == ("standby", True), 20, 0.1)
         third.kill()
-        sidecars.wait_for(lambda: roles().get("app-c") == ("standby", False), 10, 0.1)
+        sidecars.wait_for(lambda: roles().get("app-c") == ("standby", False), 20, 0.1)
         assert standby.get("/members")[1]["counts"]["stale"] == 1
     finally:
         sidecars.stop_all([third])
