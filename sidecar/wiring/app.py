@@ -170,7 +170,10 @@ async def run(settings: RunSettings, namespace: str, identity: str, config: Any,
                     extra={"event": "http_not_loopback", "address": settings.http_address})
 
     def ready() -> bool:
-        return board.snapshot()["observed_at"] is not None
+        # The kubelet's readiness (metrics port). With --app-heartbeat-ttl a candidate whose app
+        # never heartbeated cannot lead, so it is not Ready yet: a rollout then waits for it before
+        # replacing the next old pod, and a leader being replaced can name it as its successor.
+        return board.snapshot()["observed_at"] is not None and (liveness.ttl_s is None or liveness.heartbeats > 0)
 
     local_app = http_api.build_app(board, alive, app_side.controls)
     handover_api.install(local_app, handover_requester(elector, clock, board, heartbeat.wake, leader_parts))
