@@ -948,7 +948,9 @@ def handover_run(members: bool) -> dict[str, Any]:
             row["release_to_acquired_ms"] = round((acquired["at"] - release["at"]) * 1000, 1)
             row["sigterm_to_acquired_ms"] = round((acquired["at"] - window[0] - 0.05) * 1000, 1)
         row["conflicts_409"] = sum(1 for w in writes if w["code"] == 409)
-        row["acquisitions"] = sum(1 for w in writes if w["code"] in (200, 201) and w["user"] != row["from"])
+        # The window may also catch the new leader's first renewal: count writers, not writes.
+        row["acquisitions"] = len({w["user"] for w in ok if w["user"] != row["from"]})
+        row["third_party_writes"] = sum(1 for w in writes if w["user"] not in (row["from"], row["to"]))
         row["writers"] = sorted({w["user"] for w in writes if w["user"] != row["from"]})
     return {"members": members, "candidates": HANDOVER_CANDIDATES, "lease": lease, "rounds": rounds}
 
@@ -982,7 +984,8 @@ def handover_main() -> int:
               f"[{min(times_ms):.0f}, {max(times_ms):.0f}] (polled), release to acquisition on the server "
               f"median {statistics.median(server_ms) if server_ms else float('nan'):.0f} ms, "
               f"409s per hand-over {[r['conflicts_409'] for r in rows]}, "
-              f"acquisition writes per hand-over {[r['acquisitions'] for r in rows]}")
+              f"acquiring candidates per hand-over {[r['acquisitions'] for r in rows]}, "
+              f"writes by third candidates {[r['third_party_writes'] for r in rows]}")
     print("wrote bench/handover.json")
     return 0
 
