@@ -28,7 +28,10 @@ record at local time t (the same record observed again changes nothing):
   not a release: the fence of "a holder never seen" >= t + our own lease TTL. So a brand-new
   candidate that finds no Lease creates it one lease TTL after it first looked (a new election's
   first leader appears after leaseDuration), and after `kubectl delete lease` the next leader
-  appears one lease duration after the candidates saw the deletion.
+  appears one lease duration after the candidates saw the deletion. An acquisition by another
+  candidate, observed later, ends this fence: that candidate passed its own fences first, and
+  they covered any holder we never saw (the induction step of the argument below). Without this,
+  a release soon after a new election's first term waited out the rest of our first TTL.
 * R release. A release (empty holder, leaseDurationSeconds 1, acquireTime and renewTime set, and,
   if we saw the record it replaced, its leaseTransitions and token unchanged: client-go's shape,
   and ours) sets no fence, and ends the releasing holder's: the lease is taken at once.
@@ -429,6 +432,7 @@ class Elector:
             if not self._holds(after):
                 self._raise_fence(_holder_key(after), now.mono + after.duration_s,
                                   f"held by {after.holder}")  # F1
+                self._fences.pop(UNSEEN_HOLDER, None)  # F3 ends: that holder's own fences covered it
         elif after is None or (not released and (first or before is None or held_before)):
             why = ("no lease: a holder that did not see it go may still lead" if after is None else
                    "holder cleared without a release: a holder that did not see it may still lead")

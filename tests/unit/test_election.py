@@ -69,6 +69,29 @@ def test_brand_new_candidate_creates_an_absent_lease_one_ttl_after_it_first_saw_
     assert action.record.duration_s == 10 and action.record.transitions == 0
 
 
+def test_another_candidates_acquisition_ends_the_no_history_fence_so_its_release_is_taken_at_once() -> None:
+    store, a, b = Store(), Elector("a", CONFIG), Elector("b", CONFIG)
+    b.observe(at(0.5), None)  # b's F3 fence runs to 10.5
+    lead(a, store, 10)  # a saw the absence at 0 and waited its own TTL
+    b.observe(at(10), store.current)
+    release = (a.close(at(10.1)), a.next_action(at(10.1)))[1]
+    assert isinstance(release, Write) and release.kind == "release"
+    store.apply(a, release, at(10.1), at(10.1))
+    b.observe(at(10.2), store.current)
+    take = b.next_action(at(10.2))
+    assert isinstance(take, Write) and take.kind == "acquire", take
+
+
+def test_an_emptied_record_after_an_acquisition_raises_the_no_history_fence_again() -> None:
+    store, b = Store(), Elector("b", CONFIG)
+    b.observe(at(0), None)
+    store.put(LeaseRecord("a", 10, EPOCH, EPOCH, 0, 1))
+    b.observe(at(1), store.current)  # the acquisition ends b's F3 fence; F1 fences a to 11
+    store.put(LeaseRecord("", 10, EPOCH, EPOCH, 0, 1))  # a third party empties it: not a release
+    b.observe(at(2), store.current)
+    assert b.next_action(at(11.5)) == Wait(12)  # F2 for a (2 + 10) and F3 (2 + 10)
+
+
 def test_leader_renews_on_interval_and_steps_down_at_deadline_after_request_start() -> None:
     store, elector = Store(), Elector("a", CONFIG)
     lead(elector, store, 0)
