@@ -30,6 +30,8 @@ ELECTION_LABEL = "lease-sidecar.io/election"
 ROLE_ANNOTATION = "lease-sidecar.io/role"
 APP_HEARTBEAT_ANNOTATION = "lease-sidecar.io/app-heartbeat-at"
 APP_INFO_ANNOTATION = "lease-sidecar.io/app-info"
+APP_ALIVE_ANNOTATION = "lease-sidecar.io/app-alive"
+"""The member's own judgment of its app (its --app-heartbeat-ttl); absent without a TTL."""
 MEMBER_INFIX = "-member-"
 REMOVE_AFTER_DURATIONS = 10
 ROLES = ("leader", "standby", "unknown")
@@ -64,6 +66,8 @@ class MemberRecord:
     duration_s: int
     info: dict[str, Any]
     app_heartbeat_at: str | None = None
+    app_alive: bool | None = None
+    """As the member itself judges its app (None: no --app-heartbeat-ttl, the app is not consulted)."""
     renew_time: datetime | None = None
     """Written for people and kubectl; never compared with the local clock."""
 
@@ -71,6 +75,8 @@ class MemberRecord:
         annotations = {ROLE_ANNOTATION: self.role, APP_INFO_ANNOTATION: json.dumps(self.info, sort_keys=True)}
         if self.app_heartbeat_at:
             annotations[APP_HEARTBEAT_ANNOTATION] = self.app_heartbeat_at
+        if self.app_alive is not None:
+            annotations[APP_ALIVE_ANNOTATION] = "true" if self.app_alive else "false"
         spec: dict[str, Any] = {"holderIdentity": self.identity, "leaseDurationSeconds": self.duration_s}
         if self.renew_time is not None:
             spec["renewTime"] = format_microtime(self.renew_time)
@@ -96,6 +102,7 @@ class MemberRecord:
                    duration_s=duration if isinstance(duration, int) and not isinstance(duration, bool) else 0,
                    info=info if isinstance(info, dict) else {},
                    app_heartbeat_at=annotations.get(APP_HEARTBEAT_ANNOTATION),
+                   app_alive={"true": True, "false": False}.get(annotations.get(APP_ALIVE_ANNOTATION, "")),
                    renew_time=parse_microtime(spec.get("renewTime")))
 
 
@@ -155,7 +162,7 @@ class MemberTable:
         for name, seen in sorted(self._seen.items(), key=lambda item: item[1].record.identity):
             rows.append({"identity": seen.record.identity, "role": seen.record.role,
                          "alive": self.alive(name, now_mono), "info": seen.record.info,
-                         "app_heartbeat_at": seen.record.app_heartbeat_at,
+                         "app_heartbeat_at": seen.record.app_heartbeat_at, "app_alive": seen.record.app_alive,
                          "observed_at": format_microtime(seen.observed_wall), "lease": name})
         return rows
 

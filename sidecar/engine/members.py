@@ -40,6 +40,9 @@ class MemberPresence:
         self._role: str | None = None
         self._role_changed = asyncio.Event()
         self._failing = False
+        self._writing = asyncio.Lock()
+        self._withdrawn = False
+        """Set by withdraw(): no write may re-create the record after its deletion."""
         board.subscribe(self._on_snapshot)
 
     # ------------------------------------------------------------------ what /members shows
@@ -62,6 +65,11 @@ class MemberPresence:
                 pass
 
     async def renew_once(self) -> None:
+        async with self._writing:
+            if not self._withdrawn:
+                await self._put()
+
+    async def _put(self) -> None:
         version = self._version or self.table.version_of(self.name)
         try:
             self._version = await self.store.put(self.name, self._record(), version, self._timeout_s)
@@ -97,10 +105,14 @@ class MemberPresence:
             backoff = min(_BACKOFF_CAP_S, backoff * 2)
 
     async def withdraw(self) -> None:
-        """Clean shutdown: delete this member's record (bounded by the API timeout)."""
+        """Clean shutdown: delete this member's record (bounded by the API timeout), after any write
+        in flight, and with no write after it."""
+        self._withdrawn = True
         try:
+            async with asyncio.timeout(self._timeout_s):
+                await self._writing.acquire()  # a write in flight lands first; none starts after
             await self.store.delete(self.name, None, self._timeout_s)
-        except (LockError, OSError) as error:
+        except (LockError, OSError, TimeoutError) as error:
             log.warning("cannot delete the member record; it will go stale",
                         extra={"event": "member_withdraw_failed", "error": str(error)[:300]})
 
@@ -111,7 +123,7 @@ class MemberPresence:
         app = snapshot["app"]
         self._role = snapshot["role"]
         return MemberRecord(identity=self.identity, role=snapshot["role"], duration_s=self._duration_s,
-                            info=app["info"], app_heartbeat_at=app["last_heartbeat_at"],
+                            info=app["info"], app_heartbeat_at=app["last_heartbeat_at"], app_alive=app["alive"],
                             renew_time=self.clock.now().wall)
 
     def _on_snapshot(self, snapshot: Snapshot) -> None:

@@ -70,6 +70,8 @@ _MEMBER = {
                                                     "sidecar observed it (clocks are never compared)."},
         "info": {"type": "object"},
         "app_heartbeat_at": _TIME,
+        "app_alive": {"type": ["boolean", "null"], "description": "The member's own judgment of its app "
+                                                                 "(null without --app-heartbeat-ttl)."},
         "observed_at": _TIME,
     },
 }

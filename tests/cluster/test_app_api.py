@@ -130,6 +130,7 @@ def test_members_view_and_its_leases(pair: list[sidecars.Sidecar], namespace: st
     view = standby.get("/members")[1]
     assert view["enabled"] is True and view["counts"] == {"leader": 1, "standby": 1, "unknown": 0, "stale": 0}
     assert next(m for m in view["members"] if m["identity"] == "app-a")["info"]["next_due_task"] == "tick"
+    sidecars.wait_for(lambda: all(m["app_alive"] is True for m in standby.get("/members")[1]["members"]), 10, 0.1)
     listed = kubectl("get", "leases", "-n", namespace, "-l", "lease-sidecar.io/election=apps",
                      "-o", "jsonpath={range .items[*]}{.metadata.name}={.spec.holderIdentity}/"
                      "{.metadata.annotations.lease-sidecar\\.io/role} {end}")
@@ -145,6 +146,8 @@ def test_members_view_and_its_leases(pair: list[sidecars.Sidecar], namespace: st
                            "--app-heartbeat-ttl", "3")
     try:
         sidecars.wait_for(lambda: roles().get("app-c") == ("standby", True), 20, 0.1)
+        rows = {m["identity"]: m for m in standby.get("/members")[1]["members"]}
+        assert rows["app-c"]["app_alive"] is False  # it has no app: it says so itself
         third.kill()
         sidecars.wait_for(lambda: roles().get("app-c") == ("standby", False), 20, 0.1)
         assert standby.get("/members")[1]["counts"]["stale"] == 1

@@ -196,3 +196,8 @@ def test_member_names_and_labels_are_valid_and_distinct() -> None:
     back = MemberRecord.from_lease(lease)
     assert (back.identity, back.role, back.info, back.duration_s) == ("a", "standby", {"schedule_count": 1}, 3)
     assert MemberRecord.from_lease({"metadata": {"annotations": {"lease-sidecar.io/app-info": "{bad"}}}).info == {}
+    assert back.app_alive is None
+    for alive in (True, False):
+        marked = MemberRecord("a", "leader", 3, {}, app_alive=alive).to_lease("m-a", "ns", "e")
+        assert marked["metadata"]["annotations"]["lease-sidecar.io/app-alive"] == str(alive).lower()
+        assert MemberRecord.from_lease(marked).app_alive is alive
