@@ -28,10 +28,12 @@ record at local time t (the same record observed again changes nothing):
   not a release: the fence of "a holder never seen" >= t + our own lease TTL. So a brand-new
   candidate that finds no Lease creates it one lease TTL after it first looked (a new election's
   first leader appears after leaseDuration), and after `kubectl delete lease` the next leader
-  appears one lease duration after the candidates saw the deletion. An acquisition by another
-  candidate, observed later, ends this fence: that candidate passed its own fences first, and
-  they covered any holder we never saw (the induction step of the argument below). Without this,
-  a release soon after a new election's first term waited out the rest of our first TTL.
+  appears one lease duration after the candidates saw the deletion. A later acquisition by
+  another sidecar ends this fence: a record carrying a fencing token above every token we had
+  seen, which that sidecar wrote only after passing its own fences, and they covered any holder
+  we never saw (the induction step of the argument below). Without this, a release soon after a
+  new election's first term waited out the rest of our first TTL. A record without a token (a
+  client-go candidate, or `kubectl create`, which wait for nothing) or with an old one keeps it.
 * R release. A release (empty holder, leaseDurationSeconds 1, acquireTime and renewTime set, and,
   if we saw the record it replaced, its leaseTransitions and token unchanged: client-go's shape,
   and ours) sets no fence, and ends the releasing holder's: the lease is taken at once.
@@ -215,8 +217,10 @@ class Elector:
         A record naming our identity with any other token is someone else's (a previous life, or
         a duplicate process with our identity) and must expire before we take it."""
         self._highest_token = 0
-        self._maybe_written: int | None = None
-        """Token of an acquisition whose outcome is unknown (timeout): ours if a read shows it."""
+        self._maybe_written: LeaseRecord | None = None
+        """An acquisition whose outcome is unknown (timeout): ours only if a read shows this very
+        record. Token and identity are not enough: a duplicate process with our identity that saw
+        the same Lease picks the same token; the acquire time (microseconds) tells the two apart."""
         self._needs_read = True
         self._failures = 0
         self._retry_at_mono = 0.0
@@ -411,7 +415,7 @@ class Elector:
             self._fences[key] = (until_mono, why)
 
     def _update_fences(self, now: Moment, before: LeaseRecord | None, after: LeaseRecord | None,
-                       first: bool) -> None:
+                       first: bool, highest_before: int) -> None:
         """Rules F1-F3 and R for one observed change from `before` to `after` (None: no Lease)."""
         held_before = before is not None and before.holder != ""
         released = after is not None and _is_release(after) and (first or (
@@ -432,7 +436,8 @@ class Elector:
             if not self._holds(after):
                 self._raise_fence(_holder_key(after), now.mono + after.duration_s,
                                   f"held by {after.holder}")  # F1
-                self._fences.pop(UNSEEN_HOLDER, None)  # F3 ends: that holder's own fences covered it
+                if after.fencing_token is not None and after.fencing_token > highest_before:
+                    self._fences.pop(UNSEEN_HOLDER, None)  # F3 ends: that holder's own fences covered it
         elif after is None or (not released and (first or before is None or held_before)):
             why = ("no lease: a holder that did not see it go may still lead" if after is None else
                    "holder cleared without a release: a holder that did not see it may still lead")
@@ -489,19 +494,22 @@ class Elector:
                 and not current.record.same_observation(self._observed.record)))
         first = not self._observed_ever
         before = self._observed.record if self._observed is not None else None
+        highest_before = self._highest_token
         self._observed_ever = True
         self._observed = current
         if current is not None:
             token = current.record.fencing_token or 0
             self._highest_token = max(self._highest_token, token)
-            if current.record.holder == self.identity and token == self._maybe_written:
+            sent = self._maybe_written
+            if sent is not None and current.record.holder == self.identity and token == sent.fencing_token \
+                    and current.record.acquire_time == sent.acquire_time:
                 self._held_token = token  # our timed-out acquisition did land
         self._maybe_written = None
         if current is None or not self._holds(current.record):
             self._held_token = None
         if changed:
             self._observed_changed_mono = now.mono
-            self._update_fences(now, before, current.record if current is not None else None, first)
+            self._update_fences(now, before, current.record if current is not None else None, first, highest_before)
         if self._term is not None:
             if current is None:
                 self._lose_term("lease deleted")
@@ -545,7 +553,7 @@ class Elector:
         if isinstance(action, Write):
             self._count_write_failure(action)
             if action.kind == "acquire":
-                self._maybe_written = action.record.fencing_token
+                self._maybe_written = action.record
         elif self._term is not None:
             self.stats.lease_renewal_failures += 1  # a leader that cannot even read is failing to renew
         if self._closing and not isinstance(action, Write):

@@ -56,6 +56,7 @@ class BeatHeartbeat:
             action = self.elector.next_action(self.clock.now())
             if not isinstance(action, Read | Write):
                 break
+            self._publish()  # a release must find standby already published, as in the elect loop
             await self._perform(action)
         self._publish()
         return self.role

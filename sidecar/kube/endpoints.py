@@ -203,8 +203,10 @@ class LeaderRoute:
         async with self._lock:
             desired = self._desired
             if desired is not None:
-                action = await self.endpoints.publish(desired)
+                # Marked before the write: a write that times out may still have landed, and a
+                # step-down must then withdraw it (a withdrawal of a slice that is not ours is a no-op).
                 self._published = desired
+                action = await self.endpoints.publish(desired)
                 if isinstance(action, Publish):
                     log.info("leader Service routes here", extra={"event": "leader_service_published",
                                                                   "term": desired})

@@ -618,3 +618,38 @@ def test_closing_before_anything_was_written_is_done_without_a_call() -> None:
     timed_out.call_failed(at(1), acquire)
     timed_out.close(at(1))
     assert isinstance(timed_out.next_action(at(2)), Read)
+
+
+def test_an_acquisition_without_a_token_keeps_the_no_history_fence() -> None:
+    # A client-go candidate (or `kubectl create`) creates a missing Lease at once, without waiting
+    # for a holder it never saw: its record proves nothing about that holder, so F3 stays.
+    store, c = Store(), Elector("c", CONFIG)
+    c.observe(at(100), None)  # F3 until 110
+    store.put(LeaseRecord("g", 10, EPOCH, EPOCH, 0, None))
+    c.observe(at(100.1), store.current)
+    store.put(LeaseRecord("", 1, EPOCH, EPOCH, 0, None))  # g releases, client-go style
+    c.observe(at(101), store.current)
+    assert c.next_action(at(101)) == Wait(110)
+
+
+def test_a_duplicate_identitys_acquisition_is_not_mistaken_for_our_timed_out_one() -> None:
+    # Two processes named "q" saw the same release and chose the same token. q1's write timed out
+    # and did not land; q2's did. q1 must not take q2's record for its own (rule O would skip the
+    # fences, and q1 would lead beside q2).
+    store = Store()
+    store.put(LeaseRecord("x", 10, EPOCH, EPOCH, 3, 5))
+    q1, q2 = Elector("q", CONFIG), Elector("q", CONFIG)
+    for elector in (q1, q2):
+        elector.observe(at(0), store.current)
+    store.put(LeaseRecord("", 1, EPOCH, EPOCH, 3, 5))
+    for elector in (q1, q2):
+        elector.observe(at(1), store.current)
+    lost = q1.next_action(at(1))
+    landed = q2.next_action(at(1.000001))  # another process: another microsecond
+    assert isinstance(lost, Write) and isinstance(landed, Write)
+    assert lost.record.fencing_token == landed.record.fencing_token
+    q1.call_failed(at(5), lost)
+    store.apply(q2, landed, at(1.1), at(1.2))
+    q1.observe(at(5.3), store.current)
+    assert q1.view(5.3).role is BeatRole.STANDBY
+    assert isinstance(q1.next_action(at(5.3)), Wait)  # q2's record is fenced like anyone's
