@@ -11,7 +11,7 @@ import gc
 import logging
 import os
 import uuid
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -119,8 +119,26 @@ class AppSide:
         return loops
 
 
+@dataclass
+class Parts:
+    """Everything one sidecar is made of, built in `assemble` and torn down in `_shut_down`."""
+
+    elector: Elector
+    liveness: AppLiveness
+    clock: SystemClock
+    metrics: ElectionMetrics
+    registry: CollectorRegistry
+    board: StatusBoard
+    role_files: RoleFiles | None
+    api_client: ApiClient
+    leader_parts: LeaderParts
+    heartbeat: BeatHeartbeat
+    app_side: AppSide
+
+
 async def run(settings: RunSettings, namespace: str, identity: str, config: Any,
               signals: StopSignals | None = None) -> int:
+    """The sidecar's life: stop signals first, then the parts, the servers, the named loops."""
     # SIGTERM at any moment of start-up: finish start-up (standby is written first), start no loop,
     # shut down, exit 0.
     stop = asyncio.Event()
@@ -128,15 +146,38 @@ async def run(settings: RunSettings, namespace: str, identity: str, config: Any,
     context: dict[str, Any] = {"lease": f"{namespace}/{settings.lease_name}", "identity": identity,
                                "correlation_id": uuid.uuid4().hex[:12], "term": None}
     logs.configure(settings.log_level, context)
+    parts = await assemble(settings, namespace, identity, config, context)
+    tasks: dict[str, asyncio.Task[None]] = {}
+    runners = await start_servers(settings, parts, alive=lambda: bool(tasks) and not any(
+        task.done() for task in tasks.values()))
+    _freeze_long_lived_objects()
+    log.info("starting", extra={"event": "start", "config": dict(vars(config)),
+                                "http_address": settings.http_address,
+                                "metrics_address": settings.metrics_address})
+    exit_code = 0
+    try:
+        # Stopped during start-up: no loop starts, and the shut-down below has nothing to release.
+        if not stop.is_set():
+            tasks.update({name: asyncio.create_task(loop, name=name) for name, loop in named_loops(parts).items()})
+        exit_code = await _supervise(tasks, stop)
+    finally:
+        await asyncio.shield(_shut_down(parts, tasks, runners))
+    log.info("stopped", extra={"event": "stop", "exit_code": exit_code})
+    return exit_code
+
+
+async def assemble(settings: RunSettings, namespace: str, identity: str, config: Any,
+                   context: dict[str, Any]) -> Parts:
+    """Build the parts; nothing runs yet. The role file says standby before anything else."""
     role_files = RoleFiles(Path(settings.role_dir)) if settings.role_dir else None
     if role_files:
-        role_files.prepare()  # standby before anything else
-
+        role_files.prepare()
     clock = SystemClock()
     liveness = AppLiveness(settings.app_heartbeat_ttl)
     elector = Elector(identity, config, gate=liveness)
+    elector.own_revision = own_revision(identity)
     registry = CollectorRegistry(auto_describe=True)
-    election_metrics = ElectionMetrics(registry, elector, clock, namespace, settings.lease_name, identity)
+    metrics = ElectionMetrics(registry, elector, clock, namespace, settings.lease_name, identity)
     board = StatusBoard(elector, clock, context["lease"], config.heartbeat_ttl_s, app=liveness)
 
     def track_term(snapshot: dict[str, Any]) -> None:
@@ -147,79 +188,83 @@ async def run(settings: RunSettings, namespace: str, identity: str, config: Any,
         board.subscribe(role_files.publish)
 
     api_client = await make_api_client(settings)
-    backend = LeaseLockBackend(api_client, namespace, settings.lease_name, election_metrics.observe_request)
+    backend = LeaseLockBackend(api_client, namespace, settings.lease_name, metrics.observe_request)
     leader_parts = build_leader_parts(settings, api_client, namespace, identity, board, clock,
                                       lambda: elector.last_loss_reason, config.request_timeout)
     heartbeat = BeatHeartbeat(elector, ReleaseFirst(backend, leader_parts.before_release), board, clock,
-                              election_metrics.count_watch_restart)
-    elector.own_revision = own_revision(identity)
+                              metrics.count_watch_restart)
     app_side = AppSide.build(settings, config, liveness, board, clock, heartbeat, api_client, identity, namespace,
-                             election_metrics)
+                             metrics)
     if app_side.members is not None:
         board.subscribe(SuccessorView(elector, clock, app_side.members.table.rows,
                                       app_gated=settings.app_heartbeat_ttl is not None).on_snapshot)
+    return Parts(elector, liveness, clock, metrics, registry, board, role_files, api_client, leader_parts,
+                 heartbeat, app_side)
 
-    tasks: dict[str, asyncio.Task[None]] = {}
 
-    def alive() -> bool:
-        return bool(tasks) and not any(task.done() for task in tasks.values())
-
+async def start_servers(settings: RunSettings, parts: Parts, alive: Callable[[], bool]) -> list[Any]:
+    """The local API (loopback by default) and, if asked, the metrics port; returns their runners."""
     host, _ = split_address(settings.http_address, "--http-address")
     if not http_api.is_loopback(host):
         log.warning("local API bound beyond loopback: any pod or node that reaches it can read the role",
                     extra={"event": "http_not_loopback", "address": settings.http_address})
+    liveness = parts.liveness
 
     def ready() -> bool:
         # The kubelet's readiness (metrics port). With --app-heartbeat-ttl a candidate whose app
         # never heartbeated cannot lead, so it is not Ready yet: a rollout then waits for it before
         # replacing the next old pod, and a leader being replaced can name it as its successor.
-        return board.snapshot()["observed_at"] is not None and (liveness.ttl_s is None or liveness.heartbeats > 0)
+        return parts.board.snapshot()["observed_at"] is not None and (
+            liveness.ttl_s is None or liveness.heartbeats > 0)
 
-    local_app = http_api.build_app(board, alive, app_side.controls)
-    handover_api.install(local_app, handover_requester(elector, clock, board, heartbeat.wake, leader_parts))
+    local_app = http_api.build_app(parts.board, alive, parts.app_side.controls)
+    handover_api.install(local_app, handover_requester(parts.elector, parts.clock, parts.board,
+                                                       parts.heartbeat.wake, parts.leader_parts))
     runners = [await http_api.start_site(local_app, settings.http_address, "--http-address")]
     if settings.metrics_address:
-        metrics_app = metrics_http.build_app(registry, alive, ready)
+        metrics_app = metrics_http.build_app(parts.registry, alive, ready)
         runners.append(await http_api.start_site(metrics_app, settings.metrics_address, "--metrics-address"))
+    return runners
 
+
+def named_loops(parts: Parts) -> dict[str, Coroutine[Any, Any, None]]:
+    """Every long-running coroutine, by the name its failure is logged under."""
+    return {
+        "elect": parts.heartbeat.elect(),
+        "watch_lease": parts.heartbeat.watch_lease(),
+        "beat": parts.heartbeat.beat(),
+        "loop_lag": LoopLagMonitor(parts.metrics.observe_loop_lag).run(),
+        **parts.app_side.loops(),
+        **{name: loop() for name, loop in parts.leader_parts.loops.items()},
+    }
+
+
+def _freeze_long_lived_objects() -> None:
     # Everything imported and built so far lives as long as the process (the Kubernetes client
     # alone is ~100k objects). Freezing it keeps full GC passes, which would otherwise walk it all
     # and show up as multi-millisecond stalls in /leader latency, short.
     gc.collect()
     gc.freeze()
 
-    log.info("starting", extra={"event": "start", "config": dict(vars(config)),
-                                "http_address": settings.http_address,
-                                "metrics_address": settings.metrics_address})
+
+async def _supervise(tasks: dict[str, asyncio.Task[None]], stop: asyncio.Event) -> int:
+    """Until a stop signal or the first task to end: one failing stops all (exit code 1)."""
     exit_code = 0
-    try:
-        # Stopped during start-up: no loop starts, and the shut-down below has nothing to release.
-        tasks.update({} if stop.is_set() else {
-            "elect": asyncio.create_task(heartbeat.elect(), name="elect"),
-            "watch_lease": asyncio.create_task(heartbeat.watch_lease(), name="watch_lease"),
-            "beat": asyncio.create_task(heartbeat.beat(), name="beat"),
-            "loop_lag": asyncio.create_task(LoopLagMonitor(election_metrics.observe_loop_lag).run(), name="loop_lag"),
-            **{name: asyncio.create_task(loop, name=name) for name, loop in app_side.loops().items()},
-            **{name: asyncio.create_task(loop(), name=name) for name, loop in leader_parts.loops.items()},
-        })
-        stopper = asyncio.create_task(stop.wait(), name="stop")
-        done, _ = await asyncio.wait([stopper, *tasks.values()], return_when=asyncio.FIRST_COMPLETED)
-        for name, task in tasks.items():
-            if task in done and not task.cancelled() and task.exception() is not None:
-                log.error("task failed; stopping", extra={"event": "task_failed", "task": name},
-                          exc_info=task.exception())
-                exit_code = 1
-        stopper.cancel()
-    finally:
-        await asyncio.shield(_shut_down(heartbeat, tasks, role_files, board, runners, api_client, app_side,
-                                        leader_parts))
-    log.info("stopped", extra={"event": "stop", "exit_code": exit_code})
+    stopper = asyncio.create_task(stop.wait(), name="stop")
+    done, _ = await asyncio.wait([stopper, *tasks.values()], return_when=asyncio.FIRST_COMPLETED)
+    for name, task in tasks.items():
+        if task in done and not task.cancelled() and task.exception() is not None:
+            log.error("task failed; stopping", extra={"event": "task_failed", "task": name},
+                      exc_info=task.exception())
+            exit_code = 1
+    stopper.cancel()
     return exit_code
 
 
-async def _shut_down(heartbeat: BeatHeartbeat, tasks: dict[str, asyncio.Task[None]], role_files: RoleFiles | None,
-                     board: StatusBoard, runners: list[Any], api_client: ApiClient, app_side: AppSide,
-                     leader_parts: LeaderParts) -> None:
+async def _shut_down(parts: Parts, tasks: dict[str, asyncio.Task[None]], runners: list[Any]) -> None:
+    """Release first (standby is already published), then the extras, then the servers; standby in
+    the role file last."""
+    heartbeat, app_side, role_files = parts.heartbeat, parts.app_side, parts.role_files
     try:
         await asyncio.wait_for(_release(heartbeat, tasks.get("elect")), SHUTDOWN_GRACE_S)
     except TimeoutError:
@@ -229,19 +274,19 @@ async def _shut_down(heartbeat: BeatHeartbeat, tasks: dict[str, asyncio.Task[Non
         log.exception("release failed", extra={"event": "release_failed"})
     if app_side.members is not None:
         await app_side.members.withdraw()  # bounded by the API timeout
-    await leader_parts.shut_down()
+    await parts.leader_parts.shut_down()
     for task in tasks.values():
         task.cancel()
     await asyncio.gather(*tasks.values(), return_exceptions=True)
     for runner in runners:
         await runner.cleanup()
     try:
-        await asyncio.wait_for(api_client.close(), 2.0)
+        await asyncio.wait_for(parts.api_client.close(), 2.0)
     except (TimeoutError, OSError):
         pass  # the process is exiting; sockets close with it
     if role_files:
         try:
-            role_files.stand_down(board.snapshot())
+            role_files.stand_down(parts.board.snapshot())
         except OSError as error:
             log.error("cannot write standby to the role files", extra={"event": "role_file_failed",
                                                                         "error": str(error)})
