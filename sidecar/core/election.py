@@ -36,7 +36,10 @@ record at local time t (the same record observed again changes nothing):
   client-go candidate, or `kubectl create`, which wait for nothing) or with an old one keeps it.
 * R release. A release (empty holder, leaseDurationSeconds 1, acquireTime and renewTime set, and,
   if we saw the record it replaced, its leaseTransitions and token unchanged: client-go's shape,
-  and ours) sets no fence, and ends the releasing holder's: the lease is taken at once.
+  and ours) sets no fence, and ends the releasing holder's: the lease is taken at once. So does
+  a release carrying a token above the one we last saw (both sidecar tokens): we missed a later
+  term (a watch relisted across it, as after an API outage), whose holder passed its fences,
+  which covered the holder we saw, and stepped down before writing this release.
 * O own record. A record this process holds (our identity and the token we wrote) is renewed at
   once, whatever the fences: we know our own state.
 The leader that observes its record deleted or replaced is a candidate like any other: it
@@ -419,7 +422,8 @@ class Elector:
         """Rules F1-F3 and R for one observed change from `before` to `after` (None: no Lease)."""
         held_before = before is not None and before.holder != ""
         released = after is not None and _is_release(after) and (first or (
-            held_before and (after.transitions, after.fencing_token) == (before.transitions, before.fencing_token)))
+            held_before and ((after.transitions, after.fencing_token) == (before.transitions, before.fencing_token)
+                             or _released_a_later_term(before, after))))
         if before is not None and held_before:
             key = _holder_key(before)
             if released:
@@ -598,6 +602,13 @@ class Elector:
             self._term_end = TermEnd(self._term.fencing_token, reason)
         self._term = None
         self.last_loss_reason = reason
+
+
+def _released_a_later_term(before: LeaseRecord, after: LeaseRecord) -> bool:
+    """Rule R for a release whose term we never saw: both records carry sidecar tokens, and the
+    release's is the newer one."""
+    return before.fencing_token is not None and after.fencing_token is not None \
+        and after.fencing_token > before.fencing_token
 
 
 def _holder_key(record: LeaseRecord) -> HolderKey:

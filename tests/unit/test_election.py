@@ -653,3 +653,24 @@ def test_a_duplicate_identitys_acquisition_is_not_mistaken_for_our_timed_out_one
     q1.observe(at(5.3), store.current)
     assert q1.view(5.3).role is BeatRole.STANDBY
     assert isinstance(q1.next_action(at(5.3)), Wait)  # q2's record is fenced like anyone's
+
+
+def test_a_release_of_a_term_we_missed_is_taken_at_once() -> None:
+    # The watch relisted across the holder's next term (an API outage): we saw token 1, then the
+    # release of token 2. That term's holder passed its fences and stepped down before releasing.
+    store, b = Store(), Elector("b", CONFIG)
+    store.put(LeaseRecord("a", 10, EPOCH, EPOCH, 0, 1))
+    b.observe(at(0), store.current)
+    store.put(LeaseRecord("", 1, EPOCH, EPOCH, 0, 2))
+    b.observe(at(12), store.current)
+    take = b.next_action(at(12))
+    assert isinstance(take, Write) and take.kind == "acquire", take
+
+
+def test_an_emptied_record_with_an_older_or_no_token_is_not_a_release() -> None:
+    store, b = Store(), Elector("b", CONFIG)
+    store.put(LeaseRecord("a", 10, EPOCH, EPOCH, 0, 3))
+    b.observe(at(0), store.current)
+    store.put(LeaseRecord("", 1, EPOCH, EPOCH, 0, None))  # release-shaped, but its token was dropped
+    b.observe(at(1), store.current)
+    assert b.next_action(at(1)) == Wait(11)
