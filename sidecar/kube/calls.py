@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
@@ -34,6 +36,21 @@ async def call_json(what: str, timeout_s: float, method: Any, *args: Any, **kwar
         return json.loads(body)
     except ValueError as error:
         raise ApiCallFailed(f"{what}: unreadable answer") from error
+
+
+async def reconcile_on_wake(wake: asyncio.Event, reconcile: Callable[[], Awaitable[None]], retry_s: float,
+                            log: logging.Logger, failed_message: str, failed_event: str) -> None:
+    """Forever: wait for `wake`, run `reconcile`; a failed call is logged and retried after
+    `retry_s` seconds (the adapters that follow the role: leader Service, pod label)."""
+    while True:
+        await wake.wait()
+        wake.clear()
+        try:
+            await reconcile()
+        except ApiCallFailed as error:
+            log.error(failed_message, extra={"event": failed_event, "error": str(error)})
+            await asyncio.sleep(retry_s)
+            wake.set()
 
 
 def _message(body: bytes) -> str:

@@ -29,7 +29,7 @@ from sidecar.core.routing import (
     publish_action,
     withdraw_action,
 )
-from sidecar.kube.calls import ApiCallFailed, call_json
+from sidecar.kube.calls import ApiCallFailed, call_json, reconcile_on_wake
 
 log = logging.getLogger("lease_sidecar.kube.endpoints")
 
@@ -179,16 +179,8 @@ class LeaderRoute:
             self._wake.set()
 
     async def run(self) -> None:
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            try:
-                await self._reconcile()
-            except ApiCallFailed as error:
-                log.error("leader Service not updated; retrying", extra={"event": "leader_service_failed",
-                                                                          "error": str(error)})
-                await asyncio.sleep(self.RETRY_S)
-                self._wake.set()
+        await reconcile_on_wake(self._wake, self._reconcile, self.RETRY_S, log,
+                                "leader Service not updated; retrying", "leader_service_failed")
 
     async def withdraw_now(self) -> None:
         """Before a release: leave the Service while still the holder (errors are logged only)."""

@@ -13,7 +13,7 @@ from typing import Any
 
 from kubernetes_asyncio.client import ApiClient, CoreV1Api
 
-from sidecar.kube.calls import ApiCallFailed, call_json
+from sidecar.kube.calls import ApiCallFailed, call_json, reconcile_on_wake
 
 log = logging.getLogger("lease_sidecar.kube.pod_label")
 
@@ -38,16 +38,8 @@ class PodRoleLabel:
             self._wake.set()
 
     async def run(self) -> None:
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            try:
-                await self._sync()
-            except ApiCallFailed as error:
-                log.error("pod role label not updated; retrying", extra={"event": "pod_label_failed",
-                                                                          "error": str(error)})
-                await asyncio.sleep(self.RETRY_S)
-                self._wake.set()
+        await reconcile_on_wake(self._wake, self._sync, self.RETRY_S, log,
+                                "pod role label not updated; retrying", "pod_label_failed")
 
     async def stand_down(self) -> None:
         """At shutdown: `standby`, best effort."""
