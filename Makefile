@@ -81,8 +81,12 @@ python-subset: venv
 	$(PY) -m pytest tests/cluster/test_election.py -q \
 		-k "five_candidates_never_more_than_one_leader or sigkill_fails_over or release_is_written_like_client_go"
 
+# The tests wait more than they compute (lease expiries, pods starting), so they run in
+# TEST_WORKERS pytest-xdist workers; the node's tests stay together in one (tests/conftest.py).
+# Each test has its own namespace, Lease and ports, and cuts only its own path to the apiserver.
+TEST_WORKERS ?= 4
 test: venv cluster lint
-	$(PY) -m pytest tests -q
+	$(PY) -m pytest tests -q -n $(TEST_WORKERS) --dist loadgroup
 	$(MAKE) --no-print-directory unit-optimized test-pythons
 
 # wrk is the throughput load generator; without it (no root, no apt) a Python fallback is used.

@@ -43,6 +43,26 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         present = {mark.name for mark in item.iter_markers()}
         for name in sorted(wanted - present):
             item.add_marker(name)
+        # Under pytest-xdist (`--dist loadgroup`), every test of the one node runs in one worker,
+        # in file order: they share the example releases, and one of them takes the node down and up.
+        if "node" in wanted:
+            item.add_marker(pytest.mark.xdist_group("node"))
+
+
+FIGURE = "figure"
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Measured figures (`report` fixtures record them as the test's `figure` properties) are
+    printed at the end, also when the tests ran in pytest-xdist workers whose output is not shown."""
+    lines = [value for kind in ("passed", "failed", "error")
+             for test in terminalreporter.stats.get(kind, [])
+             if getattr(test, "when", "call") == "call"
+             for name, value in getattr(test, "user_properties", ()) if name == FIGURE]
+    if lines:
+        terminalreporter.section("measured figures")
+        for line in lines:
+            terminalreporter.write_line(str(line))
 
 
 @pytest.fixture(scope="session")
@@ -68,10 +88,17 @@ def tool_bin() -> dict[str, Path]:
 
 @pytest.fixture()
 def namespace(kubeconfig: Path, tool_bin: dict[str, Path]) -> Iterator[str]:
-    """A fresh namespace per test (no controller-manager here, so it is never finalized; names are unique)."""
+    """A fresh namespace per test (names are unique; deletion is not waited for).
+
+    Its `default` ServiceAccount is created here rather than waited for: the controller-manager
+    creates it a moment after the namespace, and the ServiceAccount admission plugin refuses a pod
+    created in that moment ("serviceaccount default not found"), which failed a CI run."""
     from tests.cluster.kube import kubectl
 
     name = f"t-{uuid.uuid4().hex[:10]}"
     kubectl("create", "namespace", name)
+    created = kubectl("create", "serviceaccount", "default", "-n", name, check=False)
+    if "created" not in created:  # the controller-manager won the race: it must be there now
+        kubectl("get", "serviceaccount", "default", "-n", name)
     yield name
     kubectl("delete", "namespace", name, "--wait=false", check=False)

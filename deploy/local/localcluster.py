@@ -570,19 +570,6 @@ def down(paths: Paths = Paths(), quiet: bool = False, locked: bool = False, node
         say("stopped; state removed")
 
 
-def pause_apiserver(paths: Paths = Paths()) -> int:
-    """SIGSTOP the apiserver (for outage tests); returns its pid for resume."""
-    pid = running_pid(paths, "kube-apiserver")
-    if pid is None:
-        raise ClusterError("kube-apiserver is not running")
-    os.kill(pid, signal.SIGSTOP)
-    return pid
-
-
-def resume_apiserver(pid: int) -> None:
-    os.kill(pid, signal.SIGCONT)
-
-
 def status(paths: Paths = Paths()) -> bool:
     """Print what runs; True when the control plane (and the node, if it was started) is healthy."""
     with state_lock(paths, shared=True, wait=False) as quiet:

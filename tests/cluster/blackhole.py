@@ -10,8 +10,10 @@ are held, not dropped, and flow again after `heal()`, as TCP would retransmit th
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 from tests.conftest import localcluster
@@ -27,6 +29,7 @@ class BlackHoleProxy:
         self._thread = threading.Thread(target=self._loop.run_forever, name="blackhole-proxy", daemon=True)
         self._open: asyncio.Event | None = None
         self._server: asyncio.Server | None = None
+        self.kubeconfig_path: Path | None = None
 
     def start(self) -> int:
         self._thread.start()
@@ -46,13 +49,24 @@ class BlackHoleProxy:
             self._thread.join(10)
 
     def kubeconfig(self, admin: Path, path: Path) -> Path:
-        """A copy of `admin` that reaches the apiserver through this proxy."""
+        """A copy of `admin` that reaches the apiserver through this proxy (also kept as
+        `kubeconfig_path`)."""
         config = json.loads(admin.read_text())
         for cluster in config["clusters"]:
             cluster["cluster"]["server"] = f"https://127.0.0.1:{self.port}"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(config))
+        self.kubeconfig_path = path
         return path
+
+    @contextlib.contextmanager
+    def outage(self) -> Iterator[None]:
+        """No bytes pass while inside, as if the apiserver behind were frozen."""
+        self.cut()
+        try:
+            yield
+        finally:
+            self.heal()
 
     # ------------------------------------------------------------------ in the proxy's loop
 

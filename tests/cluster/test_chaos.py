@@ -18,9 +18,9 @@ from itertools import pairwise
 from pathlib import Path
 
 from tests.cluster import sidecars
+from tests.cluster.blackhole import BlackHoleProxy
 from tests.cluster.claims import claims_from_log, overlapping
 from tests.cluster.kube import kubectl
-from tests.conftest import localcluster
 
 CANDIDATES = 4
 DURATION_S = 50.0
@@ -29,7 +29,7 @@ ACTIONS = ("kill", "term", "outage", "restart", "restart", "delete", "freeze-del
 APP_TTL = ("--app-heartbeat-ttl", "2")
 
 
-def test_terms_never_overlap_under_chaos(namespace: str, tmp_path: Path, cluster: localcluster.Paths) -> None:
+def test_terms_never_overlap_under_chaos(namespace: str, tmp_path: Path, api_path: BlackHoleProxy) -> None:
     rng = random.Random(20261123)
     everyone: list[tuple[sidecars.Sidecar, bool]] = []  # (process, killed by SIGKILL)
     live: dict[str, sidecars.Sidecar] = {}
@@ -40,7 +40,7 @@ def test_terms_never_overlap_under_chaos(namespace: str, tmp_path: Path, cluster
         nonlocal generation
         generation += 1
         live[identity] = sidecars.start(identity, "chaos", namespace, tmp_path / f"g{generation}",
-                                        "--log-level", "debug", *APP_TTL)
+                                        "--log-level", "debug", *APP_TTL, kubeconfig=api_path.kubeconfig_path)
         apps[identity] = sidecars.start_app(live[identity])
 
     def end_app(identity: str) -> None:
@@ -71,11 +71,8 @@ def test_terms_never_overlap_under_chaos(namespace: str, tmp_path: Path, cluster
                     assert victim.terminate() == 0
                     everyone.append((victim, False))
             elif choice == "outage":
-                pid = localcluster.pause_apiserver(cluster)
-                try:
+                with api_path.outage():
                     time.sleep(rng.uniform(1.0, 4.0))
-                finally:
-                    localcluster.resume_apiserver(pid)
             elif choice == "restart":
                 missing = [f"chaos-{i}" for i in range(CANDIDATES) if f"chaos-{i}" not in live]
                 if not missing:

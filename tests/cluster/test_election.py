@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from tests.cluster import sidecars
+from tests.cluster.blackhole import BlackHoleProxy
 from tests.cluster.kube import get_lease, kubectl
-from tests.conftest import localcluster
 
 TTL_S = 4.0
 
@@ -30,9 +30,9 @@ def fleet(namespace: str, tmp_path: Path) -> Iterator[list[sidecars.Sidecar]]:
 
 
 def start_many(fleet: list[sidecars.Sidecar], count: int, namespace: str, tmp_path: Path,
-               lease: str = "work") -> list[sidecars.Sidecar]:
+               lease: str = "work", kubeconfig: Path | None = None) -> list[sidecars.Sidecar]:
     for index in range(count):
-        fleet.append(sidecars.start(f"cand-{index}", lease, namespace, tmp_path))
+        fleet.append(sidecars.start(f"cand-{index}", lease, namespace, tmp_path, kubeconfig=kubeconfig))
     sidecars.wait_for(lambda: len(sidecars.leaders(fleet)) == 1, 10)
     return fleet
 
@@ -99,12 +99,11 @@ def test_release_is_written_like_client_go(fleet: list[sidecars.Sidecar], namesp
 
 
 def test_api_server_outage_makes_the_leader_step_down_before_expiry(
-        fleet: list[sidecars.Sidecar], namespace: str, tmp_path: Path, cluster: localcluster.Paths) -> None:
-    start_many(fleet, 2, namespace, tmp_path)
+        fleet: list[sidecars.Sidecar], namespace: str, tmp_path: Path, api_path: BlackHoleProxy) -> None:
+    start_many(fleet, 2, namespace, tmp_path, kubeconfig=api_path.kubeconfig_path)
     leader = the_leader(fleet)
-    pid = localcluster.pause_apiserver(cluster)
-    paused_at = time.monotonic()
-    try:
+    with api_path.outage():
+        paused_at = time.monotonic()
         last_valid_until = None
         while time.monotonic() - paused_at < 6:
             body = leader.leader()
@@ -125,8 +124,6 @@ def test_api_server_outage_makes_the_leader_step_down_before_expiry(
         time.sleep(1.0)
         assert all(s.alive() for s in fleet)
         assert sidecars.leaders(fleet) == []
-    finally:
-        localcluster.resume_apiserver(pid)
     sidecars.wait_for(lambda: len(sidecars.leaders(fleet)) == 1, 15)
     print(f"stepped down {stepped_down:.3f}s after the API server stopped")
 

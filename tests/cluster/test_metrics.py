@@ -10,7 +10,7 @@ from prometheus_client.openmetrics.parser import text_string_to_metric_families 
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.cluster import sidecars
-from tests.conftest import localcluster
+from tests.cluster.blackhole import BlackHoleProxy
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
@@ -29,9 +29,9 @@ def value(samples: Samples, metric: str, /, **labels: str) -> float:
     return sum(matches)
 
 
-def test_counters_move_on_the_events_they_count(namespace: str, tmp_path: Path,
-                                                cluster: localcluster.Paths) -> None:
-    fleet = [sidecars.start(f"m-{i}", "metered", namespace, tmp_path) for i in range(3)]
+def test_counters_move_on_the_events_they_count(namespace: str, tmp_path: Path, api_path: BlackHoleProxy) -> None:
+    fleet = [sidecars.start(f"m-{i}", "metered", namespace, tmp_path, kubeconfig=api_path.kubeconfig_path)
+             for i in range(3)]
     try:
         sidecars.wait_for(lambda: len(sidecars.leaders(fleet)) == 1, 10)
         leader = next(s for s in fleet if s.identity in sidecars.leaders(fleet))
@@ -64,16 +64,13 @@ def test_counters_move_on_the_events_they_count(namespace: str, tmp_path: Path,
         assert value(scrape(leader), "lease_sidecar_lease_renewals_total", **lease) > renewals
 
         # API server down: renewals fail, the leader steps down and says so in its metrics.
-        pid = localcluster.pause_apiserver(cluster)
-        try:
+        with api_path.outage():
             sidecars.wait_for(lambda: value(scrape(leader), "lease_sidecar_is_leader", **lease) == 0, 4)
             during = scrape(leader)
             assert value(during, "lease_sidecar_lease_renewal_failures_total", **lease) >= 1
             assert value(during, "lease_sidecar_leader_elections_lost_total", **lease) >= 1
             assert value(during, "lease_sidecar_lease_valid_seconds", **lease) == 0
             assert value(during, "leader_election_master_status", name="metered") == 0
-        finally:
-            localcluster.resume_apiserver(pid)
         sidecars.wait_for(lambda: len(sidecars.leaders(fleet)) == 1, 15)
 
         # A graceful hand-over: the standbys detect the failover and one wins.

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import ROOT, localcluster
+from tests.conftest import FIGURE, ROOT, localcluster
 
 sys.path.insert(0, str(ROOT / "deploy" / "local"))
 
@@ -101,14 +101,14 @@ def lease_writes(namespace: str, lease: str) -> list[dict[str, Any]]:
 
 
 @pytest.fixture()
-def report(capsys: pytest.CaptureFixture[str]) -> Callable[..., None]:
-    """Prints measured figures past pytest's capture (`[node figures] {...}`), and appends them as
-    JSON lines to $NODE_FIGURES if set."""
+def report(request: pytest.FixtureRequest) -> Callable[..., None]:
+    """Records measured figures as the test's `figure` properties (the session's summary prints
+    them as `[node figures] {...}`, xdist workers included), and appends them as JSON lines to
+    $NODE_FIGURES if set."""
 
     def write(name: str, **figures: object) -> None:
         line = json.dumps({"figure": name, **figures})
-        with capsys.disabled():
-            print(f"\n[node figures] {line}", flush=True)
+        request.node.user_properties.append((FIGURE, f"[node figures] {line}"))
         target = os.environ.get("NODE_FIGURES")
         if target:
             with open(target, "a") as out:

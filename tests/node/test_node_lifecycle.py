@@ -10,9 +10,11 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 from tests.conftest import ROOT, local_node, localcluster
+from tests.node.example import report  # noqa: F401 - fixture
 
 CLUSTER = ROOT / "deploy" / "local" / "cluster"
 
@@ -47,7 +49,8 @@ def test_node_object_is_ready_at_the_node_ip(node: local_node.Node) -> None:
     assert [ep["addresses"] for ep in endpoints["items"][0]["endpoints"]] == [[node.ip]]
 
 
-def test_down_node_leaves_nothing_behind_and_up_comes_back(node: local_node.Node) -> None:
+def test_down_node_leaves_nothing_behind_and_up_comes_back(node: local_node.Node,
+                                                           report: Callable[..., None]) -> None:  # noqa: F811
     namespace = f"t-{uuid.uuid4().hex[:8]}"
     node.kubectl("create", "namespace", namespace)
     try:
@@ -64,7 +67,7 @@ def test_down_node_leaves_nothing_behind_and_up_comes_back(node: local_node.Node
         warm_up_s = time.monotonic() - started
         assert up.returncode == 0, up.stderr
         assert local_node.is_node_ready(node.paths)
-        sys.__stdout__.write(f"\n[node figures] {json.dumps({'figure': 'warm up --node', 'seconds': warm_up_s})}\n")
+        report("warm up --node", seconds=round(warm_up_s, 2))
     finally:
         node.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
 
