@@ -86,7 +86,7 @@ python-subset: venv
 # Each test has its own namespace, Lease and ports, and cuts only its own path to the apiserver.
 TEST_WORKERS ?= 4
 test: venv cluster lint
-	$(PY) -m pytest tests -q -n $(TEST_WORKERS) --dist loadgroup
+	$(PY) -m pytest tests -q -n $(TEST_WORKERS)
 	$(MAKE) --no-print-directory unit-optimized test-pythons
 
 # wrk is the throughput load generator; without it (no root, no apt) a Python fallback is used.

@@ -32,21 +32,34 @@ MARK_BY_FIXTURE = {"cluster": ("cluster",), "kubeconfig": ("cluster",), "namespa
                    "node": ("node", "cluster")}
 
 
-@pytest.hookimpl(tryfirst=True)  # before `-m` deselects
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    for item in items:
-        path = Path(item.path).resolve()
-        folder = path.relative_to(TESTS).parts[0] if path.is_relative_to(TESTS) else ""
-        wanted = set(MARK_BY_FOLDER.get(folder, ()))
-        for fixture in getattr(item, "fixturenames", ()):
-            wanted.update(MARK_BY_FIXTURE.get(fixture, ()))
-        present = {mark.name for mark in item.iter_markers()}
-        for name in sorted(wanted - present):
-            item.add_marker(name)
-        # Under pytest-xdist (`--dist loadgroup`), every test of the one node runs in one worker,
-        # in file order: they share the example releases, and one of them takes the node down and up.
-        if "node" in wanted:
-            item.add_marker(pytest.mark.xdist_group("node"))
+def pytest_itemcollected(item: pytest.Item) -> None:
+    """Marks each test as it is collected, before `-m` deselects."""
+    path = Path(item.path).resolve()
+    folder = path.relative_to(TESTS).parts[0] if path.is_relative_to(TESTS) else ""
+    wanted = set(MARK_BY_FOLDER.get(folder, ()))
+    for fixture in getattr(item, "fixturenames", ()):
+        wanted.update(MARK_BY_FIXTURE.get(fixture, ()))
+    present = {mark.name for mark in item.iter_markers()}
+    for name in sorted(wanted - present):
+        item.add_marker(name)
+
+
+NODE_TESTS = "tests/node/"
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
+    """Under pytest-xdist, each test is a unit of work of its own, except the node's: they run in
+    one worker, in file order (they share the example releases, one takes the node down and up),
+    and, being the largest unit, are handed out first, since they take longest. (xdist's
+    `loadgroup` does not work with pytest 9, whose node ids it can no longer rename.)"""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class NodeTestsTogether(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return NODE_TESTS if nodeid.startswith(NODE_TESTS) else nodeid
+
+    return NodeTestsTogether(config, log)
 
 
 FIGURE = "figure"

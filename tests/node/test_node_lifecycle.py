@@ -15,6 +15,7 @@ from pathlib import Path
 
 from tests.conftest import ROOT, local_node, localcluster
 from tests.node.example import report  # noqa: F401 - fixture
+from tests.ports import free_port
 
 CLUSTER = ROOT / "deploy" / "local" / "cluster"
 
@@ -74,8 +75,8 @@ def test_down_node_leaves_nothing_behind_and_up_comes_back(node: local_node.Node
 
 def test_one_node_per_machine(node: local_node.Node, tmp_path: Path) -> None:
     """A second state directory gets its own control plane, but not a second node beside ours."""
-    other = {"LOCAL_CLUSTER_STATE": str(tmp_path / "other"), "LOCAL_CLUSTER_APISERVER_PORT": "26543",
-             "LOCAL_CLUSTER_ETCD_PORT": "22479"}
+    other = {"LOCAL_CLUSTER_STATE": str(tmp_path / "other"), "LOCAL_CLUSTER_APISERVER_PORT": str(free_port()),
+             "LOCAL_CLUSTER_ETCD_PORT": str(free_port(2))}
     try:
         refused = cluster_cli("up", "--node", env=other)
         assert refused.returncode == 1

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.ports import free_port
+
 ROOT = Path(__file__).resolve().parents[2]
 CLUSTER = ROOT / "deploy" / "local" / "cluster"
 
@@ -70,19 +72,7 @@ def test_unknown_command_is_usage_error() -> None:
 
 def _free_port_pair() -> int:
     """A port p with p and p + 1 free on loopback (etcd's client and peer ports)."""
-    for _attempt in range(50):
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
-        if port < 65535:
-            with socket.socket() as first, socket.socket() as second:
-                try:
-                    first.bind(("127.0.0.1", port))
-                    second.bind(("127.0.0.1", port + 1))
-                except OSError:
-                    continue
-            return port
-    raise AssertionError("no two adjacent free ports")
+    return free_port(2)
 
 
 def _processes_with(text: str) -> list[int]:

@@ -1,0 +1,45 @@
+"""Loopback ports for the processes tests start, safe under pytest-xdist.
+
+Binding port 0 and closing the socket hands out a port that anything may take before the test's
+process binds it: another worker doing the same, or any outgoing connection (the kernel picks their
+local ports from the same ephemeral range, net.ipv4.ip_local_port_range, 32768-60999 by default).
+That happened: a sidecar failed to bind, and the test talked to another test's sidecar on the port.
+Ports here come from below the ephemeral range, from a slice of their own per xdist worker, and are
+never handed out twice by one process until its slice wraps around."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import socket
+
+FIRST_PORT, LAST_PORT = 20000, 32000  # below the ephemeral range; the local cluster uses 12379-16443
+_SLICE = 1000  # ports per worker: gw0 gets 20000-20999, gw1 21000-21999, ...
+
+
+def _worker_index() -> int:
+    name = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    return int(name[2:]) if name[2:].isdigit() else 0
+
+
+_START = FIRST_PORT + (_worker_index() * _SLICE) % (LAST_PORT - FIRST_PORT)
+_next = itertools.cycle(range(_START, _START + _SLICE))
+
+
+def free_port(count: int = 1) -> int:
+    """A port p such that p .. p + count - 1 are free on 127.0.0.1 right now."""
+    for _attempt in range(_SLICE):
+        first = next(_next)
+        if first + count > _START + _SLICE:
+            continue
+        sockets = [socket.socket() for _ in range(count)]
+        try:
+            for offset, sock in enumerate(sockets):
+                sock.bind(("127.0.0.1", first + offset))
+            return first
+        except OSError:
+            continue
+        finally:
+            for sock in sockets:
+                sock.close()
+    raise AssertionError(f"no {count} free consecutive ports in {_START}-{_START + _SLICE - 1}")
