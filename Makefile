@@ -14,7 +14,7 @@ OTHER_PYTHONS ?= 3.12 3.13
 # pyenv's newest X.Y.*, else pythonX.Y on PATH.
 python_for = $(or $(lastword $(sort $(wildcard $(HOME)/.pyenv/versions/$(1).*/bin/python$(1)))),python$(1))
 
-.PHONY: venv lock cluster demo demo-pods test unit unit-optimized test-pythons python-subset lint bench down clean
+.PHONY: venv lock cluster demo demo-pods test unit unit-optimized test-pythons other-venvs python-subset lint bench down clean
 
 # Installs come only from the hashed lock files in requirements/ (`make lock` refreshes them):
 # uv.lock pins the installer, dev.lock the package's dependencies with every extra, runtime.lock
@@ -71,8 +71,15 @@ unit-optimized: venv
 
 # The whole suite runs on the default interpreter; on each of OTHER_PYTHONS, the unit tests and
 # elections on the real control plane. A missing interpreter fails.
-test-pythons: cluster
-	$(foreach version,$(OTHER_PYTHONS),$(MAKE) --no-print-directory python-subset PYTHON=$(call python_for,$(version)) &&) true
+test-pythons: cluster other-venvs
+	$(MAKE) --no-print-directory -j --output-sync=recurse $(addprefix python-subset-,$(OTHER_PYTHONS))
+
+# Built one after another: each installs this checkout in editable mode.
+other-venvs:
+	$(foreach version,$(OTHER_PYTHONS),$(MAKE) --no-print-directory venv PYTHON=$(call python_for,$(version)) &&) true
+
+python-subset-%:
+	$(MAKE) --no-print-directory python-subset PYTHON=$(call python_for,$*)
 
 # Deselected: a test that runs this interpreter as another user (nobody), which cannot load pyenv's
 # libpython under /root; it checks the cluster script, not the interpreter, and runs in the whole suite.
@@ -85,9 +92,9 @@ python-subset: venv
 # TEST_WORKERS pytest-xdist workers; the node's tests stay together in one (tests/conftest.py).
 # Each test has its own namespace, Lease and ports, and cuts only its own path to the apiserver.
 TEST_WORKERS ?= 4
-test: venv cluster lint
+test: venv cluster lint other-venvs
 	$(PY) -m pytest tests -q -n $(TEST_WORKERS)
-	$(MAKE) --no-print-directory unit-optimized test-pythons
+	$(MAKE) --no-print-directory -j --output-sync=recurse unit-optimized $(addprefix python-subset-,$(OTHER_PYTHONS))
 
 # wrk is the throughput load generator; without it (no root, no apt) a Python fallback is used.
 # The sidecar runs on Python 3.13 with PYTHONOPTIMIZE=2, as in the image (bench/run.py).

@@ -38,7 +38,12 @@ class MemberPresence:
         self._idle_s = config.failover_timeout_s
         self._version: str | None = None
         self._role: str | None = None
+        self._app_alive: bool | None = None
         self._role_changed = asyncio.Event()
+        """Set when the role or the app's liveness differs from what the record last carried."""
+        self.shown_alive = False
+        """A record saying this member's app is alive has been written (readiness waits for it:
+        a leader being replaced then already sees this pod as a live successor)."""
         self._failing = False
         self._writing = asyncio.Lock()
         self._withdrawn = False
@@ -54,7 +59,8 @@ class MemberPresence:
     # ------------------------------------------------------------------ loops
 
     async def renew_forever(self) -> None:
-        """Write this member's record every heartbeat interval, and at once when its role changes."""
+        """Write this member's record every heartbeat interval, and at once when its role or its
+        app's liveness changes."""
         while True:
             self._role_changed.clear()
             await self.renew_once()
@@ -72,7 +78,9 @@ class MemberPresence:
     async def _put(self) -> None:
         version = self._version or self.table.version_of(self.name)
         try:
-            self._version = await self.store.put(self.name, self._record(), version, self._timeout_s)
+            record = self._record()
+            self._version = await self.store.put(self.name, record, version, self._timeout_s)
+            self.shown_alive = self.shown_alive or record.app_alive is True
             if self._failing:
                 log.info("member record written again", extra={"event": "member_renewed"})
             self._failing = False
@@ -121,13 +129,13 @@ class MemberPresence:
     def _record(self) -> MemberRecord:
         snapshot = self.board.snapshot()
         app = snapshot["app"]
-        self._role = snapshot["role"]
+        self._role, self._app_alive = snapshot["role"], app["alive"]
         return MemberRecord(identity=self.identity, role=snapshot["role"], duration_s=self._duration_s,
                             info=app["info"], app_heartbeat_at=app["last_heartbeat_at"], app_alive=app["alive"],
                             renew_time=self.clock.now().wall)
 
     def _on_snapshot(self, snapshot: Snapshot) -> None:
-        if self._role is not None and snapshot["role"] != self._role:
+        if self._role is not None and (snapshot["role"] != self._role or snapshot["app"]["alive"] != self._app_alive):
             self._role_changed.set()
 
     async def _remove_stale(self) -> None:

@@ -29,6 +29,7 @@ class StatusBoard:
         self._stale_after_s = stale_after_s
         self.version = 0
         self._key: tuple[Any, ...] | None = None
+        self._app_alive: bool | None = None
         self._changed: asyncio.Future[None] | None = None
         self._listeners: list[Callable[[Snapshot], None]] = []
         self.last_heartbeat_at: str | None = None
@@ -39,7 +40,8 @@ class StatusBoard:
 
     def snapshot(self, force_publish: bool = False) -> Snapshot:
         """Fresh at the moment of the call: a leader past its deadline already reads standby.
-        Publishes (version bump, waiters, listeners) whenever role, holder or token changed."""
+        Publishes (version bump, waiters, listeners) whenever role, holder or token changed, and
+        tells the listeners alone when the app's liveness changed."""
         now = self._clock.now()
         view = self._elector.view(now.mono)
         key = (view.role, view.holder, view.fencing_token)
@@ -65,7 +67,11 @@ class StatusBoard:
         }
         if changed:
             self._wake_waiters()
-        if changed or force_publish:
+        # The app's liveness does not change the version (the role did not change), but listeners
+        # hear of it at once: the member record, which readiness and successor choice depend on.
+        app_changed = body["app"]["alive"] != self._app_alive
+        self._app_alive = body["app"]["alive"]
+        if changed or force_publish or app_changed:
             for listener in self._listeners:
                 listener(body)
         return body

@@ -210,12 +210,17 @@ async def start_servers(settings: RunSettings, parts: Parts, alive: Callable[[],
                     extra={"event": "http_not_loopback", "address": settings.http_address})
     liveness = parts.liveness
 
+    members = parts.app_side.members
+
     def ready() -> bool:
         # The kubelet's readiness (metrics port). With --app-heartbeat-ttl a candidate whose app
-        # never heartbeated cannot lead, so it is not Ready yet: a rollout then waits for it before
-        # replacing the next old pod, and a leader being replaced can name it as its successor.
-        return parts.board.snapshot()["observed_at"] is not None and (
-            liveness.ttl_s is None or liveness.heartbeats > 0)
+        # never heartbeated cannot lead, so it is not Ready yet; with --members, not before its
+        # member record says its app is alive. A rollout waits for Ready before it stops the next
+        # old pod, so a leader being replaced already sees this pod as a live successor of the new
+        # revision (else it names an old pod, and the rollout hands over twice).
+        if parts.board.snapshot()["observed_at"] is None or liveness.ttl_s is None:
+            return parts.board.snapshot()["observed_at"] is not None
+        return liveness.heartbeats > 0 and (members is None or members.shown_alive)
 
     local_app = http_api.build_app(parts.board, alive, parts.app_side.controls)
     handover_api.install(local_app, handover_requester(parts.elector, parts.clock, parts.board,
