@@ -22,7 +22,7 @@ import pytest
 import yaml
 from kubernetes_asyncio import client, config
 
-from sidecar.core.announce import BECAME_LEADER, LOST_LEADERSHIP, Announcement, EventPolicy
+from sidecar.core.announce import BECAME_LEADER, LOST_LEADERSHIP, REPORTING_CONTROLLER, Announcement, EventPolicy
 from sidecar.core.routing import NothingToDo, Publish, Refuse, Withdraw
 from sidecar.core.succession import SUCCESSOR_WINDOW_S
 from sidecar.kube.endpoints import LeaderEndpoints
@@ -288,8 +288,10 @@ def test_chart_rbac_allows_exactly_the_routing_and_events(charts: Path, helm_env
     finally:
         sidecars.stop_all([sidecar])
     assert addresses(get_slice(namespace, name)) == []
+    # Ours only: the apiserver's ClusterIP repair loop may report on the leader Service meanwhile.
     reasons = [e["reason"] for e in json.loads(kubectl("get", "events.events.k8s.io", "-n", namespace, "-o",
-                                                       "json"))["items"]]
+                                                       "json"))["items"]
+               if e.get("reportingController") == REPORTING_CONTROLLER]
     assert sorted(reasons) == ["BecameLeader", "Released"], reasons
     logs = sidecar.logs()
     assert "Forbidden" not in logs and " 403" not in logs, logs[-3000:]
@@ -352,7 +354,8 @@ def test_handover_lands_on_the_named_candidate_and_nobody_else_writes(
     assert not lease["spec"].get("preferredHolder")
     def reasons() -> list[str]:
         return [e["reason"] for e in json.loads(kubectl("get", "events.events.k8s.io", "-n", namespace, "-o",
-                                                        "json"))["items"]]
+                                                        "json"))["items"]
+                if e.get("reportingController") == REPORTING_CONTROLLER]
 
     try:  # Events are sent from their own task, after the role change
         sidecars.wait_for(lambda: reasons().count("HandoverRequested") == 2, 5, interval=0.2)
