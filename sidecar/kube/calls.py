@@ -15,9 +15,10 @@ from kubernetes_asyncio.client.exceptions import ApiException
 class ApiCallFailed(Exception):
     """Timeout, connection failure, or an HTTP status other than 2xx (`status`, None if no answer)."""
 
-    def __init__(self, message: str, status: int | None = None) -> None:
+    def __init__(self, message: str, status: int | None = None, timed_out: bool = False) -> None:
         super().__init__(message)
         self.status = status
+        self.timed_out = timed_out
 
 
 async def call_json(what: str, timeout_s: float, method: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
@@ -29,7 +30,7 @@ async def call_json(what: str, timeout_s: float, method: Any, *args: Any, **kwar
     except ApiException as error:
         raise ApiCallFailed(f"{what}: HTTP {error.status}: {error.reason}", error.status) from error
     except (aiohttp.ClientError, TimeoutError, OSError) as error:
-        raise ApiCallFailed(f"{what}: {error!r}") from error
+        raise ApiCallFailed(f"{what}: {error!r}", timed_out=isinstance(error, TimeoutError)) from error
     if not 200 <= response.status <= 299:
         raise ApiCallFailed(f"{what}: HTTP {response.status}: {_message(body)}", response.status)
     try:

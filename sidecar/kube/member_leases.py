@@ -19,6 +19,7 @@ from kubernetes_asyncio.client.exceptions import ApiException
 
 from sidecar.core.lock import BackendUnavailable, Conflict, WatchExpired
 from sidecar.core.members import ELECTION_LABEL, MemberRecord, election_label_value
+from sidecar.kube.calls import ApiCallFailed, call_json
 
 RequestObserver = Callable[[str, str, float], None]
 
@@ -105,23 +106,13 @@ class MemberLeaseStore:
         started = time.monotonic()
         result = "error"
         try:
-            async with asyncio.timeout(timeout_s):
-                response = await method(*args, _preload_content=False, _request_timeout=timeout_s, **kwargs)
-                body = await response.read()
-            result = str(response.status)
-            if response.status == 409:
-                raise Conflict(f"{verb}: conflict")
-            if not 200 <= response.status <= 299:
-                raise BackendUnavailable(f"{verb}: HTTP {response.status}: {body[:200].decode(errors='replace')}")
+            body = await call_json(verb, timeout_s, method, *args, **kwargs)
             result = "ok"
-            return json.loads(body)
-        except ApiException as error:
-            result = str(error.status)
+            return body
+        except ApiCallFailed as error:
+            result = str(error.status) if error.status is not None else "timeout" if error.timed_out else "error"
             if error.status == 409:
                 raise Conflict(f"{verb}: conflict") from error
-            raise BackendUnavailable(f"{verb}: HTTP {error.status}: {error.reason}") from error
-        except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as error:
-            result = "timeout" if isinstance(error, TimeoutError) else "error"
-            raise BackendUnavailable(f"{verb}: {error!r}") from error
+            raise BackendUnavailable(str(error)) from error
         finally:
             self._observe(verb, result, time.monotonic() - started)

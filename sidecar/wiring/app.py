@@ -218,8 +218,9 @@ async def start_servers(settings: RunSettings, parts: Parts, alive: Callable[[],
         # member record says its app is alive. A rollout waits for Ready before it stops the next
         # old pod, so a leader being replaced already sees this pod as a live successor of the new
         # revision (else it names an old pod, and the rollout hands over twice).
-        if parts.board.snapshot()["observed_at"] is None or liveness.ttl_s is None:
-            return parts.board.snapshot()["observed_at"] is not None
+        observed = parts.board.snapshot()["observed_at"] is not None
+        if not observed or liveness.ttl_s is None:
+            return observed
         return liveness.heartbeats > 0 and (members is None or members.shown_alive)
 
     local_app = http_api.build_app(parts.board, alive, parts.app_side.controls)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,17 @@ def get_lease(namespace: str, name: str) -> dict[str, Any] | None:
 
 def ca_path() -> Path:
     return localcluster.Paths().pki / "ca.crt"
+
+
+def service_account_dir(parent: Path, token: str, namespace: str) -> Path:
+    """What the kubelet mounts for a ServiceAccount (token, ca.crt, namespace), for a sidecar run as
+    if in a pod (`LEASE_SIDECAR_IN_CLUSTER_DIR`)."""
+    mounted = parent / "serviceaccount"
+    mounted.mkdir()
+    (mounted / "token").write_text(token)
+    shutil.copy(ca_path(), mounted / "ca.crt")
+    (mounted / "namespace").write_text(namespace)
+    return mounted
 
 
 def server_url() -> str:

@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from tests.cluster import sidecars
-from tests.cluster.kube import ca_path, get_lease, kubectl
+from tests.cluster.kube import get_lease, kubectl, service_account_dir
 from tests.conftest import ROOT, localcluster
 
 CHARTS = ROOT / "charts"
@@ -311,11 +311,7 @@ def test_rendered_workload_passes_server_side_dry_run(charts: Path, helm_env: di
 def test_rendered_service_account_token_wins_the_election_in_cluster_mode(
         rendered_example: list[dict[str, Any]], namespace: str, tmp_path: Path) -> None:
     token = install_rbac(rendered_example, namespace)
-    in_cluster = tmp_path / "serviceaccount"
-    in_cluster.mkdir()
-    (in_cluster / "token").write_text(token)
-    shutil.copy(ca_path(), in_cluster / "ca.crt")
-    (in_cluster / "namespace").write_text(namespace)
+    in_cluster = service_account_dir(tmp_path, token, namespace)
     pod = one(rendered_example, "Deployment")["spec"]["template"]["spec"]
     container, _ = sidecar_of(pod)
     # The chart's own settings (lease name, timing, log level) as the pod would get them; the
@@ -362,11 +358,7 @@ def test_members_view_runs_on_the_chart_token_and_its_role_is_no_wider(
               ("get", "secrets"), ("list", "pods"), ("create", "configmaps")]
     assert [g for g in granted if not can_i(token, namespace, *g)] == []
     assert [d for d in denied if can_i(token, namespace, *d)] == []
-    in_cluster = tmp_path / "serviceaccount"
-    in_cluster.mkdir()
-    (in_cluster / "token").write_text(token)
-    shutil.copy(ca_path(), in_cluster / "ca.crt")
-    (in_cluster / "namespace").write_text(namespace)
+    in_cluster = service_account_dir(tmp_path, token, namespace)
     container, _ = sidecar_of(one(docs, "Deployment")["spec"]["template"]["spec"])
     chart_env = {item["name"]: item["value"] for item in container["env"]
                  if item["name"].startswith("LEASE_SIDECAR_") and "value" in item}

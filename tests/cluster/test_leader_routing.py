@@ -7,7 +7,6 @@ checked is what the API server stores and in which order, which is all the sidec
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 import threading
@@ -28,7 +27,7 @@ from sidecar.core.succession import SUCCESSOR_WINDOW_S
 from sidecar.kube.endpoints import LeaderEndpoints
 from sidecar.kube.events import LeaseEvents
 from tests.cluster import sidecars
-from tests.cluster.kube import ca_path, kubectl
+from tests.cluster.kube import kubectl, service_account_dir
 from tests.cluster.test_chart import (  # noqa: F401  (fixtures)
     EXAMPLE,
     can_i,
@@ -261,11 +260,7 @@ def test_chart_rbac_allows_exactly_the_routing_and_events(charts: Path, helm_env
     assert [a for a in allowed if not can_i(token, namespace, *a)] == []
     assert [d for d in denied if can_i(token, namespace, *d)] == []
 
-    in_cluster = tmp_path / "serviceaccount"
-    in_cluster.mkdir()
-    (in_cluster / "token").write_text(token)
-    shutil.copy(ca_path(), in_cluster / "ca.crt")
-    (in_cluster / "namespace").write_text(namespace)
+    in_cluster = service_account_dir(tmp_path, token, namespace)
     container, _ = sidecar_of(one(docs, "Deployment")["spec"]["template"]["spec"])
     # No app here to heartbeat: leadership is not gated on one (the example chart turns that on).
     chart_env = {item["name"]: item["value"] for item in container["env"]
