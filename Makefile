@@ -14,7 +14,7 @@ OTHER_PYTHONS ?= 3.12 3.13
 # pyenv's newest X.Y.*, else pythonX.Y on PATH.
 python_for = $(or $(lastword $(sort $(wildcard $(HOME)/.pyenv/versions/$(1).*/bin/python$(1)))),python$(1))
 
-.PHONY: venv lock cluster demo demo-pods test unit unit-optimized test-pythons other-venvs python-subset lint bench down clean
+.PHONY: venv lock cluster demo demo-pods test unit unit-optimized test-pythons other-venvs python-subset lint bench bench-api down clean
 
 # Installs come only from the hashed lock files in requirements/ (`make lock` refreshes them):
 # uv.lock pins the installer, dev.lock the package's dependencies with every extra, runtime.lock
@@ -104,6 +104,12 @@ bench: venv cluster
 	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk >/dev/null; } \
 		|| echo "bench: wrk not installed; using the Python load generator (it under-reports throughput)"
 	BENCH_RUNS=$(BENCH_RUNS) BENCH_SIDECAR_PYTHON=$(CURDIR)/.venv-$(IMAGE_PYTHON)/bin/python $(PY) bench/run.py
+
+# Only the local API's tail: BENCH_API_WINDOWS (12) windows of 10 s at 1,000 req/s, each printed
+# with what explains it (bench/local_api.py). About 3 minutes.
+bench-api: venv cluster
+	$(MAKE) --no-print-directory venv PYTHON=$(call python_for,$(IMAGE_PYTHON))
+	BENCH_SIDECAR_PYTHON=$(CURDIR)/.venv-$(IMAGE_PYTHON)/bin/python $(PY) bench/run.py --local-api
 
 down:
 	$(CLUSTER) down

@@ -74,7 +74,7 @@ async def openloop(host: str, port: int, path: str, rate: float, duration: float
     errors = 0
     total = int(rate * duration)
     start = loop.time() + 0.2
-    waited_before_ns = runqueue_wait_ns()
+    cpu_before_ns, waited_before_ns = schedstat_ns()
 
     async def dispatch() -> None:
         for i in range(total):
@@ -115,7 +115,7 @@ async def openloop(host: str, port: int, path: str, rate: float, duration: float
     except TimeoutError:
         finished_in_time = False
     elapsed = loop.time() - start
-    waited_ms = (runqueue_wait_ns() - waited_before_ns) / 1e6
+    cpu_after_ns, waited_after_ns = schedstat_ns()
     latencies.sort()
     ms = [value * 1000 for value in latencies]
     lag_ms = sorted(value * 1000 for value in lags)
@@ -125,17 +125,19 @@ async def openloop(host: str, port: int, path: str, rate: float, duration: float
             "p50_ms": percentile(ms, 0.50), "p90_ms": percentile(ms, 0.90), "p99_ms": percentile(ms, 0.99),
             "p999_ms": percentile(ms, 0.999), "max_ms": ms[-1] if ms else None,
             "release_lag_p50_ms": percentile(lag_ms, 0.5), "release_lag_p99_ms": percentile(lag_ms, 0.99),
-            "runqueue_wait_ms": round(waited_ms, 1)}
+            "runqueue_wait_ms": round((waited_after_ns - waited_before_ns) / 1e6, 1),
+            "cpu_ms": round((cpu_after_ns - cpu_before_ns) / 1e6, 1)}
 
 
-def runqueue_wait_ns() -> int:
-    """How long this process has been runnable but waiting for a CPU (Linux schedstat): the part of
-    its measured latencies that is the machine's other load, not the server."""
+def schedstat_ns() -> tuple[int, int]:
+    """(ns on a CPU, ns runnable but waiting for one) of this process (Linux schedstat). The wait is
+    the part of its measured latencies that is the machine's other load, not the server."""
     try:
         with open("/proc/self/schedstat") as stat:
-            return int(stat.read().split()[1])
-    except (OSError, IndexError, ValueError):
-        return 0
+            cpu_ns, wait_ns = stat.read().split()[:2]
+            return int(cpu_ns), int(wait_ns)
+    except (OSError, ValueError):
+        return 0, 0
 
 
 async def closed(host: str, port: int, path: str, connections: int, duration: float) -> dict:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import platform
 import random
@@ -40,6 +39,7 @@ BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 sys.path.insert(0, str(ROOT / "deploy" / "local"))
 
+import local_api  # noqa: E402  (beside this script)
 import localcluster  # noqa: E402  (stdlib-only module beside the cluster script)
 
 RUNS = int(os.environ.get("BENCH_RUNS", "5"))
@@ -368,18 +368,9 @@ class Bench:
     def sidecar_http(self, run: int) -> dict[str, Any]:
         """lease-sidecar only: GET /leader throughput, open-loop p99, and idle long-poll waiters."""
         system = "lease-sidecar"
-        lease = self.lease_name(system, "http", run)
-        metrics_url = f"http://127.0.0.1:{free_port()}/metrics"
-        sidecar = self.start(system, identities(system)[0], lease, metrics_url.split("/")[2], preexec_fn=prioritize)
+        sidecar, url, metrics_url = self.start_http_sidecar(self.lease_name(system, "http", run))
         out: dict[str, Any] = {}
         try:
-            self.wait_one_leader([sidecar])
-            cpus = sorted(os.sched_getaffinity(0))
-            if len(cpus) >= 2:
-                os.sched_setaffinity(sidecar.process.pid, {cpus[0]})
-            time.sleep(2.0)
-            url = f"http://127.0.0.1:{sidecar.port}/leader"
-
             out["throughput"] = throughput(url)
             self.record(system, "leader_get_throughput_rps", out["throughput"]["rps"])
             time.sleep(1.0)
@@ -400,17 +391,32 @@ class Bench:
         finally:
             self.stop([sidecar])
 
+    def start_http_sidecar(self, lease: str) -> tuple[Candidate, str, str]:
+        """One leading sidecar with metrics on, pinned to the first core at HTTP_NICE: (it, /leader, /metrics)."""
+        metrics_url = f"http://127.0.0.1:{free_port()}/metrics"
+        sidecar = self.start("lease-sidecar", identities("lease-sidecar")[0], lease, metrics_url.split("/")[2],
+                             preexec_fn=prioritize)
+        try:
+            self.wait_one_leader([sidecar])
+        except BenchError:
+            self.stop([sidecar])
+            raise
+        cpus = sorted(os.sched_getaffinity(0))
+        if len(cpus) >= 2:
+            os.sched_setaffinity(sidecar.process.pid, {cpus[0]})
+        time.sleep(2.0)
+        return sidecar, f"http://127.0.0.1:{sidecar.port}/leader", metrics_url
+
     def openloop_window(self, sidecar: Candidate, url: str, metrics_url: str) -> dict[str, Any]:
-        """10 s at 1,000 req/s, with what explains its tail: the sidecar's own event-loop lag (its
-        histogram) and how long the sidecar waited for a CPU while runnable (the machine's load)."""
-        lag_before, sched_before = loop_lag_buckets(metrics_url), schedstat(sidecar.process.pid)
-        result = loadgen(["openloop", url, "--rate", "1000", "--duration", "10", "--connections", "32"], timeout=60)
-        check_openloop(result)
-        lag_after, sched_after = loop_lag_buckets(metrics_url), schedstat(sidecar.process.pid)
-        result["loop_lag"] = lag_summary(lag_before, lag_after)
-        result["sidecar_cpu_ms"] = (sched_after[0] - sched_before[0]) / 1e6
-        result["sidecar_runqueue_wait_ms"] = (sched_after[1] - sched_before[1]) / 1e6
-        result["load1"] = os.getloadavg()[0]
+        """10 s at 1,000 req/s, with what explains its tail (bench/local_api.py)."""
+        try:
+            before = local_api.Observation(metrics_url, sidecar.process.pid)
+            result = loadgen(["openloop", url, "--rate", "1000", "--duration", "10", "--connections", "32"],
+                             timeout=60)
+            check_openloop(result)
+            result.update(local_api.explain(before, local_api.Observation(metrics_url, sidecar.process.pid), result))
+        except local_api.ScrapeError as error:
+            raise BenchError(str(error)) from None
         self.record("lease-sidecar", "leader_get_p99_at_1000rps_ms", result["p99_ms"])
         if result["loop_lag"]["p99_le_ms"] is not None:
             self.record("lease-sidecar", "leader_loop_lag_p99_ms", result["loop_lag"]["p99_le_ms"])
@@ -477,36 +483,6 @@ def loadgen(args: list[str], timeout: float) -> dict[str, Any]:
     if process.returncode != 0:
         raise BenchError(f"loadgen {args[0]} exited {process.returncode}; see {LOG_DIR / 'loadgen.log'}")
     return json.loads(stdout.strip().splitlines()[-1])
-
-
-def loop_lag_buckets(metrics_url: str) -> dict[float, float]:
-    """The sidecar's cumulative event-loop lag histogram: {upper bound s: samples}."""
-    try:
-        with urllib.request.urlopen(metrics_url, timeout=5) as resp:
-            text = resp.read().decode()
-    except OSError as error:
-        raise BenchError(f"cannot scrape {metrics_url}: {error}") from None
-    pattern = r'^lease_sidecar_event_loop_lag_seconds_bucket\{le="([^"]+)"\} (\S+)$'
-    buckets = {float(le): float(count) for le, count in re.findall(pattern, text, re.MULTILINE)}
-    if not buckets:
-        raise BenchError(f"no lease_sidecar_event_loop_lag_seconds at {metrics_url}")
-    return buckets
-
-
-def lag_summary(before: dict[float, float], after: dict[float, float]) -> dict[str, Any]:
-    delta = {le: after[le] - before.get(le, 0.0) for le in sorted(after)}
-    samples = delta[math.inf]
-    p99 = next((le for le, count in delta.items() if count >= 0.99 * samples), math.inf) if samples else None
-    # Up to 1 ms of lag is the loop's own rounding (epoll waits in whole milliseconds, rounded up).
-    return {"samples": samples, "over_1ms": samples - delta.get(0.001, 0.0),
-            "over_2ms": samples - delta.get(0.002, 0.0), "over_5ms": samples - delta.get(0.005, 0.0),
-            "p99_le_ms": None if p99 is None else p99 * 1000}
-
-
-def schedstat(pid: int) -> tuple[int, int]:
-    """(ns on a CPU, ns runnable but waiting for one) of a process's main thread, from the kernel."""
-    cpu_ns, wait_ns, _ = Path(f"/proc/{pid}/schedstat").read_text().split()
-    return int(cpu_ns), int(wait_ns)
 
 
 def check_openloop(result: dict[str, Any]) -> None:
@@ -990,6 +966,42 @@ def handover_main() -> int:
     return 0
 
 
+# ---------------------------------------------------------------- the local API alone
+
+
+API_WINDOWS = int(os.environ.get("BENCH_API_WINDOWS", "12"))
+"""Windows of `make bench-api` (10 s at 1,000 req/s each, one sidecar): its p99 is reported per window."""
+
+
+def local_api_main() -> int:
+    """`bench/run.py --local-api` (`make bench-api`): GET /leader at 1,000 req/s for API_WINDOWS
+    windows, each printed with what explains its tail; writes bench/local_api.json."""
+    if not localcluster.is_ready(localcluster.Paths()):
+        raise SystemExit("the local cluster is not ready: run `deploy/local/cluster up`")
+    LOG_DIR.mkdir(parents=True, exist_ok=True)
+    compile_for_the_sidecar()
+    setup_identities()
+    bench = Bench(Path())
+    machine = {**machine_info(), "started_at": datetime.now(UTC).isoformat(timespec="seconds")}
+    sidecar, url, metrics_url = bench.start_http_sidecar(bench.lease_name("lease-sidecar", "api", 0))
+    windows = []
+    try:
+        for index in range(API_WINDOWS):
+            windows.append(bench.openloop_window(sidecar, url, metrics_url))
+            say(local_api.line(index, windows[-1]))
+    finally:
+        bench.stop([sidecar])
+        kill_all()
+    result = {"summary": local_api.summary(windows), "machine": machine, "windows": windows}
+    (BENCH / "local_api.json").write_text(json.dumps(result, indent=2) + "\n")
+    summary = result["summary"]
+    print(f"GET /leader p99 at 1,000 req/s over {summary['windows']} windows of 10 s: median "
+          f"{summary['p99_median_ms']:.2f} ms [{summary['p99_min_ms']:.2f}, {summary['p99_max_ms']:.2f}]; "
+          f"{summary['under_goal']} of {summary['windows']} under {summary['goal_ms']:.0f} ms. "
+          "Wrote bench/local_api.json")
+    return 0
+
+
 def replot() -> None:
     """`bench/run.py --replot`: redraw results.png from results.json and machine.json (no measuring)."""
     rows = json.loads((BENCH / "results.json").read_text())
@@ -1000,6 +1012,11 @@ def replot() -> None:
 if __name__ == "__main__":
     if sys.argv[1:] == ["--replot"]:
         sys.exit(replot())
+    if sys.argv[1:] == ["--local-api"]:
+        try:
+            sys.exit(local_api_main())
+        finally:
+            kill_all()
     if sys.argv[1:] == ["--handover"]:
         try:
             sys.exit(handover_main())

@@ -8,6 +8,7 @@ coroutines and nothing per change beyond waking them.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -17,6 +18,8 @@ from sidecar.core.election import BeatRole, Elector, Moment
 from sidecar.core.liveness import AppLiveness
 
 Snapshot = dict[str, Any]
+
+log = logging.getLogger("lease_sidecar.app")
 
 
 class StatusBoard:
@@ -71,10 +74,20 @@ class StatusBoard:
         # hear of it at once: the member record, which readiness and successor choice depend on.
         app_changed = body["app"]["alive"] != self._app_alive
         self._app_alive = body["app"]["alive"]
+        if app_changed and body["app"]["required"]:
+            self._log_app_liveness(body["app"])
         if changed or force_publish or app_changed:
             for listener in self._listeners:
                 listener(body)
         return body
+
+    @staticmethod
+    def _log_app_liveness(app: dict[str, Any]) -> None:
+        alive = bool(app["alive"])
+        log.log(logging.INFO if alive else logging.WARNING, "app alive" if alive else "app not alive",
+                extra={"event": "app_liveness", "alive": alive, "heartbeats": app["heartbeats"],
+                       "since_last_heartbeat_s": app["since_last_heartbeat_seconds"],
+                       "ttl_s": app["ttl_seconds"]})
 
     def _app_section(self, now: Moment) -> dict[str, Any]:
         app = self._app.view(now.mono)

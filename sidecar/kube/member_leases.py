@@ -63,8 +63,9 @@ class MemberLeaseStore:
         except Conflict:
             pass  # it changed since: the member is back, leave it
         except BackendUnavailable as error:
-            if "HTTP 404" not in str(error):
-                raise
+            cause = error.__cause__
+            if not (isinstance(cause, ApiCallFailed) and cause.status == 404):
+                raise  # a 404 is what was asked for: the record is gone
 
     async def watch(self, version: str, idle_timeout_s: float) -> AsyncIterator[tuple[str, MemberRecord | None, str]]:
         started = time.monotonic()

@@ -120,6 +120,10 @@ class ElectionMetrics:
             "lease_sidecar_event_loop_lag_seconds",
             "How late the event loop ran a timer (sampled every 20 ms): the stall a local API request waits out.",
             buckets=_LOOP_LAG_BUCKETS_S, registry=registry)
+        self.gc_pause = Histogram(
+            "lease_sidecar_gc_pause_seconds",
+            "How long each garbage collection held the process, by generation (0 young, 2 full).",
+            ["generation"], buckets=_LOOP_LAG_BUCKETS_S, registry=registry)
         Info("lease_sidecar", "Build and identity of this sidecar.", registry=registry).info(
             {"version": __version__, "identity": identity, "namespace": namespace, "lease": name})
         registry.register(_ElectionCollector(elector, clock, namespace, name))
@@ -134,6 +138,9 @@ class ElectionMetrics:
 
     def observe_loop_lag(self, seconds: float) -> None:
         self.loop_lag.observe(seconds)
+
+    def observe_gc_pause(self, generation: int, seconds: float) -> None:
+        self.gc_pause.labels(generation=str(generation)).observe(seconds)
 
     def count_watch_restart(self) -> None:
         self.watch_restarts.labels(**self._labels).inc()

@@ -26,7 +26,7 @@ from sidecar.core.election import Elector
 from sidecar.core.liveness import AppLiveness
 from sidecar.engine.app_link import AppLink
 from sidecar.engine.heartbeat import BeatHeartbeat
-from sidecar.engine.loop_lag import LoopLagMonitor
+from sidecar.engine.loop_lag import GcPauseTimer, LoopLagMonitor
 from sidecar.engine.members import MemberPresence
 from sidecar.engine.status import StatusBoard
 from sidecar.kube.lease_lock import LeaseLockBackend
@@ -151,6 +151,8 @@ async def run(settings: RunSettings, namespace: str, identity: str, config: Any,
     runners = await start_servers(settings, parts, alive=lambda: bool(tasks) and not any(
         task.done() for task in tasks.values()))
     _freeze_long_lived_objects()
+    gc_pauses = GcPauseTimer(parts.metrics.observe_gc_pause)
+    gc_pauses.install()
     log.info("starting", extra={"event": "start", "config": dict(vars(config)),
                                 "http_address": settings.http_address,
                                 "metrics_address": settings.metrics_address})
@@ -162,6 +164,7 @@ async def run(settings: RunSettings, namespace: str, identity: str, config: Any,
         exit_code = await _supervise(tasks, stop)
     finally:
         await asyncio.shield(_shut_down(parts, tasks, runners))
+        gc_pauses.remove()
     log.info("stopped", extra={"event": "stop", "exit_code": exit_code})
     return exit_code
 

@@ -48,10 +48,12 @@ CONTRACT: dict[str, frozenset[str]] = {
     "lease_sidecar_api_request_duration_seconds": LEASE | {"verb", "result"},
     "lease_sidecar_watch_restarts_total": LEASE,
     "lease_sidecar_event_loop_lag_seconds": frozenset(),
+    "lease_sidecar_gc_pause_seconds": frozenset({"generation"}),
     "lease_sidecar_info": frozenset({"version", "identity", "namespace", "lease"}),
     "leader_election_master_status": frozenset({"name"}),
 }
-HISTOGRAMS = {"lease_sidecar_api_request_duration_seconds", "lease_sidecar_event_loop_lag_seconds"}
+HISTOGRAMS = {"lease_sidecar_api_request_duration_seconds", "lease_sidecar_event_loop_lag_seconds",
+              "lease_sidecar_gc_pause_seconds"}
 SEVERITIES = {"critical", "warning", "info"}
 
 
@@ -283,6 +285,7 @@ def test_contract_is_what_the_sidecar_exports() -> None:
                               "pod-0")
     metrics.observe_request("update", "ok", 0.01)  # labelled children exist only once used
     metrics.count_watch_restart()
+    metrics.observe_gc_pause(0, 0.0001)
     exported: dict[str, set[str]] = {}
     for family in text_string_to_metric_families(generate_latest(registry).decode()):
         for sample in family.samples:

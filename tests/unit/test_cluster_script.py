@@ -128,7 +128,9 @@ def test_missing_node_packages_are_installed_with_apt_get(tmp_path: Path, monkey
     (fake_bin / "apt-get").write_text(f"#!/bin/sh\necho \"$@\" >> {calls}\n")
     (fake_bin / "apt-get").chmod(0o755)
     monkeypatch.setenv("PATH", f"{fake_bin}:/usr/bin:/bin")
-    monkeypatch.setattr(node, "PACKAGES", {"containerd": "/usr/bin/containerd",
+    present = tmp_path / "present-containerd"  # not the machine's own: a fresh machine has none yet
+    present.touch()
+    monkeypatch.setattr(node, "PACKAGES", {"containerd": str(present),
                                            "runc": str(tmp_path / "absent-runc"),
                                            "conntrack": str(tmp_path / "absent-conntrack")})
     node.ensure_packages()

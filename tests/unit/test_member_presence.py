@@ -5,7 +5,10 @@ longer than any wait here, so only the change itself can cause the second write.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Callable
+
+import pytest
 
 from sidecar.core.config import ElectionConfig
 from sidecar.core.election import Elector
@@ -73,3 +76,27 @@ async def test_the_record_is_rewritten_as_soon_as_the_app_comes_alive_and_goes()
     finally:
         renewing.cancel()
         await asyncio.gather(renewing, return_exceptions=True)
+
+
+def test_each_change_of_the_apps_liveness_is_logged_once(caplog: pytest.LogCaptureFixture) -> None:
+    clock = FakeClock()
+    app = AppLiveness(ttl_s=5)
+    board = StatusBoard(Elector("a", SLOW), clock, "ns/work", 3, app)
+    with caplog.at_level(logging.INFO, logger="lease_sidecar.app"):
+        board.snapshot()
+        board.snapshot()
+        app.beat(clock.mono, clock.now().wall)
+        board.snapshot()
+        board.snapshot()
+        clock.advance(6)
+        board.snapshot()
+    changes = [(record.levelname, record.alive, record.heartbeats) for record in caplog.records
+               if getattr(record, "event", None) == "app_liveness"]
+    assert changes == [("WARNING", False, 0), ("INFO", True, 1), ("WARNING", False, 1)]
+
+
+def test_an_app_that_is_not_consulted_is_not_logged(caplog: pytest.LogCaptureFixture) -> None:
+    board = StatusBoard(Elector("a", SLOW), FakeClock(), "ns/work", 3, AppLiveness())
+    with caplog.at_level(logging.INFO, logger="lease_sidecar.app"):
+        board.snapshot()
+    assert not [record for record in caplog.records if getattr(record, "event", None) == "app_liveness"]
