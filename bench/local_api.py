@@ -6,8 +6,8 @@ Each window is kept with every candidate cause, measured rather than guessed:
 * the sidecar's own stalls: its event-loop lag histogram (`lease_sidecar_event_loop_lag_seconds`,
   a 20 ms sample) and its garbage collections (`lease_sidecar_gc_pause_seconds`, every one);
 * CPU it did not get: how long the sidecar and the load generator were runnable but waiting for a
-  CPU (`/proc/<pid>/schedstat`), the CPU the rest of the machine used meanwhile, and the time the
-  hypervisor took the virtual CPUs away (`steal` in `/proc/stat`).
+  CPU (`/proc/<pid>/schedstat`), the CPU every other thread of the machine used meanwhile (their
+  schedstat), and the time the hypervisor took the virtual CPUs away (`steal` in `/proc/stat`).
 
 Used by `bench/run.py` (the local API scenario of `make bench`, and `make bench-api`, which runs
 only this scenario for many windows). Stdlib only, like the rest of the harness.
@@ -64,12 +64,25 @@ def schedstat(pid: int) -> tuple[int, int]:
     return int(cpu_ns), int(wait_ns)
 
 
-def machine_cpu_ms() -> tuple[float, float]:
-    """(busy, steal) CPU time of the whole machine so far, in ms (all CPUs together)."""
-    fields = [int(value) for value in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
-    tick_ms = 1000 / os.sysconf("SC_CLK_TCK")
-    user, nice, system, _idle, _iowait, irq, softirq, steal = fields[:8]
-    return (user + nice + system + irq + softirq) * tick_ms, steal * tick_ms
+def steal_ms() -> float:
+    """CPU time the hypervisor took from this machine's virtual CPUs so far (ms, all CPUs; `steal`
+    of /proc/stat, counted in scheduler ticks, so 10 ms steps)."""
+    fields = Path("/proc/stat").read_text().splitlines()[0].split()
+    return int(fields[8]) * 1000 / os.sysconf("SC_CLK_TCK")
+
+
+def others_cpu_ns(exclude_pid: int) -> int:
+    """CPU time so far of every thread on the machine but `exclude_pid`'s (schedstat, exact). A
+    thread that starts and ends between two readings is missed: a lower bound of the difference."""
+    total = 0
+    for stat in Path("/proc").glob("[0-9]*/task/*/schedstat"):
+        if stat.parts[2] == str(exclude_pid):
+            continue
+        try:
+            total += int(stat.read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            continue  # the thread ended meanwhile
+    return total
 
 
 class Observation:
@@ -83,7 +96,8 @@ class Observation:
         self.gc = gc_pauses(text)
         self.gc_sum_s = gc_sums(text)
         self.sidecar_cpu_ns, self.sidecar_wait_ns = schedstat(sidecar_pid)
-        self.machine_busy_ms, self.machine_steal_ms = machine_cpu_ms()
+        self.others_cpu_ns = others_cpu_ns(sidecar_pid)
+        self.steal_ms = steal_ms()
 
 
 def lag_summary(before: dict[float, float], after: dict[float, float]) -> dict[str, Any]:
@@ -98,7 +112,8 @@ def lag_summary(before: dict[float, float], after: dict[float, float]) -> dict[s
 
 def explain(before: Observation, after: Observation, load: dict[str, Any]) -> dict[str, Any]:
     """The window's causes, beside the load generator's result `load` (its own runqueue wait and CPU
-    are in it: `runqueue_wait_ms`, `cpu_ms`)."""
+    are in it: `runqueue_wait_ms`, `cpu_ms`; it runs only between the two observations, so its
+    CPU is in neither `others_cpu_ns`)."""
     wall_ms = load["wall_s"] * 1000
     sidecar_cpu_ms = (after.sidecar_cpu_ns - before.sidecar_cpu_ns) / 1e6
     gc = {}
@@ -108,7 +123,6 @@ def explain(before: Observation, after: Observation, load: dict[str, Any]) -> di
         over_1ms = count - (buckets.get(0.001, 0.0) - previous.get(0.001, 0.0))
         total_ms = (after.gc_sum_s.get(generation, 0.0) - before.gc_sum_s.get(generation, 0.0)) * 1000
         gc[generation] = {"count": count, "over_1ms": over_1ms, "total_ms": round(total_ms, 2)}
-    machine_busy_ms = after.machine_busy_ms - before.machine_busy_ms
     return {
         "loop_lag": lag_summary(before.loop_lag, after.loop_lag),
         "gc": gc,
@@ -116,8 +130,8 @@ def explain(before: Observation, after: Observation, load: dict[str, Any]) -> di
         "sidecar_runqueue_wait_ms": round((after.sidecar_wait_ns - before.sidecar_wait_ns) / 1e6, 1),
         "loadgen_runqueue_wait_ms": load.get("runqueue_wait_ms"),
         # The CPU everything else used: the apiserver and etcd of this run, other users' work.
-        "others_cpu_ms": round(machine_busy_ms - sidecar_cpu_ms - load.get("cpu_ms", 0.0), 0),
-        "steal_ms": round(after.machine_steal_ms - before.machine_steal_ms, 0),
+        "others_cpu_ms": round((after.others_cpu_ns - before.others_cpu_ns) / 1e6, 0),
+        "steal_ms": round(after.steal_ms - before.steal_ms, 0),
         "wall_ms": round(wall_ms, 0),
         "load1": os.getloadavg()[0],
     }

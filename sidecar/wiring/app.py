@@ -35,7 +35,7 @@ from sidecar.publish import handover_api, http_api, metrics_http
 from sidecar.publish.app_api import AppControls
 from sidecar.publish.metrics import ElectionMetrics
 from sidecar.publish.role_files import RoleFiles
-from sidecar.wiring import logs
+from sidecar.wiring import logs, scheduling
 from sidecar.wiring.leader_parts import (
     LeaderParts,
     ReleaseFirst,
@@ -155,7 +155,8 @@ async def run(settings: RunSettings, namespace: str, identity: str, config: Any,
     gc_pauses.install()
     log.info("starting", extra={"event": "start", "config": dict(vars(config)),
                                 "http_address": settings.http_address,
-                                "metrics_address": settings.metrics_address})
+                                "metrics_address": settings.metrics_address,
+                                "cpu_slice": _ask_for_cpu_slice(settings.cpu_slice)})
     exit_code = 0
     try:
         # Stopped during start-up: no loop starts, and the shut-down below has nothing to release.
@@ -254,6 +255,14 @@ def _freeze_long_lived_objects() -> None:
     # and show up as multi-millisecond stalls in /leader latency, short.
     gc.collect()
     gc.freeze()
+
+
+def _ask_for_cpu_slice(slice_s: float | None) -> str:
+    """What became of --cpu-slice, for the start line: the slice, or why the kernel's stays."""
+    if not slice_s:
+        return "kernel default"
+    refused = scheduling.request_short_slice(slice_s)
+    return f"{slice_s * 1000:g}ms" if refused is None else f"kernel default ({refused})"
 
 
 async def _supervise(tasks: dict[str, asyncio.Task[None]], stop: asyncio.Event) -> int:

@@ -217,6 +217,8 @@ def test_auto_mode_follows_the_cluster_version(charts: Path, helm_env: dict[str,
     (EXAMPLE, ["--set", "lease-sidecar.election.leaderLeaseTTL=soon"],
      ["/election/leaderLeaseTTL", "'soon' does not match pattern"]),
     (EXAMPLE, ["--set", "lease-sidecar.mode=sidecar"], ["/mode", "value must be one of"]),
+    (EXAMPLE, ["--set", "lease-sidecar.cpuSlice=fast"], ["/cpuSlice"]),
+    (EXAMPLE, ["--set", "lease-sidecar.cpuSlice=1"], ["/cpuSlice"]),
     (EXAMPLE, ["--set", "replicas=3"], ["lease-sidecar-example:", "additional properties 'replicas' not allowed"]),
 ])
 def test_schema_rejects_unknown_keys_and_wrong_types(charts: Path, helm_env: dict[str, str], chart: str,
@@ -226,6 +228,15 @@ def test_schema_rejects_unknown_keys_and_wrong_types(charts: Path, helm_env: dic
     assert "values don't meet the specifications of the schema" in result.stderr, result.stderr
     for fragment in expected:
         assert fragment in result.stderr, f"{fragment!r} not in: {result.stderr}"
+
+
+@pytest.mark.parametrize(("args", "expected"), [([], None), (["--set", "lease-sidecar.cpuSlice=0"], "0"),
+                                              (["--set", "lease-sidecar.cpuSlice=2ms"], "2ms")])
+def test_cpu_slice_reaches_the_sidecar_only_when_set(charts: Path, helm_env: dict[str, str], args: list[str],
+                                                      expected: str | None) -> None:
+    container = sidecar_of(one(render(helm_env, charts / EXAMPLE, *args), "Deployment")["spec"]["template"]["spec"])[0]
+    env = {item["name"]: item.get("value") for item in container["env"]}
+    assert env.get("LEASE_SIDECAR_CPU_SLICE") == expected
 
 
 def test_helpers_fail_clearly_when_misused(charts: Path, helm_env: dict[str, str]) -> None:

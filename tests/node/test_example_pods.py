@@ -5,6 +5,7 @@ that cannot flake are asserted."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -93,6 +94,10 @@ def test_security_context_holds_in_a_real_pod(release: Release) -> None:
         assert probe["no_new_privs"] == "1", (name, probe)  # allowPrivilegeEscalation: false
         assert probe["root_write"] == "EROFS", (name, probe)  # readOnlyRootFilesystem
     assert seen[app]["token"] is None, "the app container must not get a ServiceAccount token"
+    # The kernel took the sidecar's CPU slice request: non-root, no capabilities, RuntimeDefault seccomp.
+    logs = example_release.kubectl("logs", "-n", release.namespace, leader, "-c", sidecar).stdout
+    start = next(json.loads(line) for line in logs.splitlines() if '"event": "start"' in line)
+    assert start["cpu_slice"] == "0.5ms", start["cpu_slice"]
     claims = token_claims(seen[sidecar]["token"])
     account = f"system:serviceaccount:{release.namespace}:{release.service_account}"
     assert claims["sub"] == account

@@ -270,6 +270,10 @@ A list item: the sidecar container, with restartPolicy: Always when the mode is 
       value: {{ $v.roleDir.path | quote }}
     - name: LEASE_SIDECAR_LOG_LEVEL
       value: {{ $v.logLevel | quote }}
+    {{- if not (eq (toString $v.cpuSlice) "" "<nil>") }}
+    - name: LEASE_SIDECAR_CPU_SLICE
+      value: {{ toString $v.cpuSlice | quote }}
+    {{- end }}
     # The pod's revision: a leader that shuts down hands over to a pod of another revision (a
     # rollout's new ReplicaSet) when it can. Empty outside Deployments.
     - name: POD_REVISION
