@@ -3,10 +3,12 @@
 Modes (each prints one JSON line when done; every loop is bounded in count and time):
 
 * `openloop URL --rate R --duration D`: requests released at fixed times whatever the replies do;
-  latency runs from the release to the end of the reply, so waiting for a free connection behind
-  slow replies counts (no coordinated omission). It is not timed from the ideal schedule: asyncio
-  timers fire up to about a millisecond late, and that lateness is the generator's, not the
-  server's; it is reported apart (`release_lag_*`). Percentiles in milliseconds.
+  latency runs from the release to the kernel's receipt of the end of the reply (SO_TIMESTAMPNS),
+  so waiting for a free connection behind slow replies counts (no coordinated omission), but the
+  time the reply then waits for this process to be scheduled does not: that is the generator's,
+  and is reported apart (`read_*`: release to having read the reply). Nor is it timed from the
+  ideal schedule: asyncio timers fire up to about a millisecond late, which is also the
+  generator's (`release_lag_*`). Percentiles in milliseconds.
 * `closed URL --connections C --duration D`: as fast as replies come (the fallback when `wrk` is
   missing). Prints requests/s.
 * `waiters URL --count N --hold S`: opens N keep-alive connections, sends one long-poll GET on
@@ -20,10 +22,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import ipaddress
 import json
 import math
 import resource
+import socket
+import struct
 import sys
 import time
 from urllib.parse import urlsplit
@@ -65,16 +70,111 @@ def percentile(sorted_values: list[float], fraction: float) -> float | None:
     return sorted_values[max(0, math.ceil(fraction * len(sorted_values)) - 1)]
 
 
+SO_TIMESTAMPNS = 35
+"""Linux's socket option (asm-generic and x86 alike; Python does not name it): every received packet
+carries the kernel's receive time, CLOCK_REALTIME, as a timespec of two 64-bit fields."""
+_TIMESPEC = struct.Struct("qq")
+
+
+class StampedConnection:
+    """One keep-alive HTTP/1.1 connection that knows when the kernel received each reply.
+
+    The time a reply waits in the socket for this process to be scheduled and read it is the load
+    generator's, not the server's; the kernel's receive time leaves it out. Without the option
+    (not Linux) `received_ns` is None and only the read time is known."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, sock: socket.socket, stamped: bool) -> None:
+        self.loop, self.sock, self.stamped = loop, sock, stamped
+
+    @classmethod
+    async def open(cls, host: str, port: int) -> StampedConnection:
+        loop = asyncio.get_running_loop()
+        sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+            stamped = sys.platform == "linux"
+        except OSError:
+            stamped = False
+        try:
+            await asyncio.wait_for(loop.sock_connect(sock, (host, port)), CONNECT_TIMEOUT_S)
+        except BaseException:
+            sock.close()
+            raise
+        return cls(loop, sock, stamped)
+
+    async def exchange(self, request: bytes) -> tuple[int, int | None]:
+        """Send `request`, read one whole reply: (status, kernel receive time of its last part in ns)."""
+        await self.loop.sock_sendall(self.sock, request)
+        buffer = b""
+        received_ns = None
+        while True:
+            try:
+                data, ancillary, _flags, _address = self.sock.recvmsg(65536, socket.CMSG_SPACE(_TIMESPEC.size))
+            except BlockingIOError:
+                await self._readable()
+                continue
+            if not data:
+                raise ConnectionError("the server closed the connection")
+            for level, kind, payload in ancillary:
+                if self.stamped and level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS \
+                        and len(payload) >= _TIMESPEC.size:
+                    seconds, nanoseconds = _TIMESPEC.unpack_from(payload)
+                    received_ns = seconds * 1_000_000_000 + nanoseconds
+            buffer += data
+            status = complete_reply(buffer)
+            if status is not None:
+                return status, received_ns
+
+    async def _readable(self) -> None:
+        future = self.loop.create_future()
+        fd = self.sock.fileno()
+
+        def ready() -> None:
+            if not future.done():
+                future.set_result(None)
+
+        self.loop.add_reader(fd, ready)
+        try:
+            await future
+        finally:
+            self.loop.remove_reader(fd)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def complete_reply(buffer: bytes) -> int | None:
+    """The status of the reply in `buffer` once all of it (head and Content-Length body) is there."""
+    end = buffer.find(b"\r\n\r\n")
+    if end < 0:
+        return None
+    length = 0
+    for line in buffer[:end].split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value)
+    if len(buffer) < end + 4 + length:
+        return None
+    return int(buffer[9:12])
+
+
 async def openloop(host: str, port: int, path: str, rate: float, duration: float, connections: int) -> dict:
     loop = asyncio.get_running_loop()
     request = request_bytes(host, path)
-    queue: asyncio.Queue[float | None] = asyncio.Queue()
+    queue: asyncio.Queue[tuple[float, int] | None] = asyncio.Queue()
     latencies: list[float] = []
+    """Release to the kernel's receipt of the reply: the server's part (and the kernel's)."""
+    latencies_read: list[float] = []
+    """Release to this process having read the reply: also its own wake-up delays."""
     lags: list[float] = []
     errors = 0
     total = int(rate * duration)
     start = loop.time() + 0.2
     cpu_before_ns, waited_before_ns = schedstat_ns()
+    gc.collect()
+    gc.disable()  # a collection here would hold every reply waiting to be read (10 s: memory is no issue)
 
     async def dispatch() -> None:
         for i in range(total):
@@ -84,28 +184,30 @@ async def openloop(host: str, port: int, path: str, rate: float, duration: float
                 await asyncio.sleep(delay)
             released = loop.time()
             lags.append(released - due)
-            queue.put_nowait(released)
+            queue.put_nowait((released, time.time_ns()))
         for _ in range(connections):
             queue.put_nowait(None)
 
     async def worker() -> None:
         nonlocal errors
-        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), CONNECT_TIMEOUT_S)
+        connection = await StampedConnection.open(host, port)
         try:
             while (released := await queue.get()) is not None:
+                released_mono, released_wall_ns = released
                 try:
-                    writer.write(request)
-                    status = await read_reply(reader)
-                except (OSError, asyncio.IncompleteReadError, ValueError):
+                    status, received_ns = await connection.exchange(request)
+                except (OSError, ValueError):
                     errors += 1
-                    writer.close()
-                    reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), CONNECT_TIMEOUT_S)
+                    connection.close()
+                    connection = await StampedConnection.open(host, port)
                     continue
                 if status != 200:
                     errors += 1
-                latencies.append(loop.time() - released)
+                read = loop.time() - released_mono
+                latencies_read.append(read)
+                latencies.append(read if received_ns is None else max(0.0, (received_ns - released_wall_ns) / 1e9))
         finally:
-            writer.close()
+            connection.close()
 
     tasks = [asyncio.create_task(worker()) for _ in range(connections)]
     dispatcher = asyncio.create_task(dispatch())
@@ -114,16 +216,21 @@ async def openloop(host: str, port: int, path: str, rate: float, duration: float
         await asyncio.wait_for(asyncio.gather(dispatcher, *tasks), duration + 30)
     except TimeoutError:
         finished_in_time = False
+    finally:
+        gc.enable()
     elapsed = loop.time() - start
     cpu_after_ns, waited_after_ns = schedstat_ns()
-    latencies.sort()
-    ms = [value * 1000 for value in latencies]
+    ms = sorted(value * 1000 for value in latencies)
+    read_ms = sorted(value * 1000 for value in latencies_read)
     lag_ms = sorted(value * 1000 for value in lags)
     return {"mode": "openloop", "rate": rate, "duration_s": duration, "scheduled": total,
             "completed": len(latencies), "errors": errors, "finished_in_time": finished_in_time,
             "achieved_rps": round(len(latencies) / elapsed, 1) if elapsed > 0 else None,
+            "timing": "kernel receive (SO_TIMESTAMPNS)" if sys.platform == "linux" else "read",
             "p50_ms": percentile(ms, 0.50), "p90_ms": percentile(ms, 0.90), "p99_ms": percentile(ms, 0.99),
             "p999_ms": percentile(ms, 0.999), "max_ms": ms[-1] if ms else None,
+            "read_p50_ms": percentile(read_ms, 0.50), "read_p99_ms": percentile(read_ms, 0.99),
+            "read_max_ms": read_ms[-1] if read_ms else None,
             "release_lag_p50_ms": percentile(lag_ms, 0.5), "release_lag_p99_ms": percentile(lag_ms, 0.99),
             "runqueue_wait_ms": round((waited_after_ns - waited_before_ns) / 1e6, 1),
             "cpu_ms": round((cpu_after_ns - cpu_before_ns) / 1e6, 1)}

@@ -142,6 +142,7 @@ def line(index: int, window: dict[str, Any]) -> str:
     lag, gc = window["loop_lag"], window["gc"]
     full = gc.get("2", {"count": 0, "total_ms": 0.0})
     return (f"window {index + 1}: p50 {window['p50_ms']:.2f} p99 {window['p99_ms']:.2f} max {window['max_ms']:.1f} ms"
+            f" (read: p99 {window.get('read_p99_ms') or 0:.2f}, max {window.get('read_max_ms') or 0:.1f})"
             f" | sidecar: loop lag >2 ms {lag['over_2ms']:.0f}/{lag['samples']:.0f}, "
             f"gc {sum(g['count'] for g in gc.values()):.0f} ({sum(g['total_ms'] for g in gc.values()):.1f} ms; "
             f"full {full['count']:.0f}, {full['total_ms']:.1f} ms), cpu {window['sidecar_cpu_ms']:.0f} ms, "
