@@ -106,7 +106,7 @@ bench: venv cluster
 	BENCH_RUNS=$(BENCH_RUNS) BENCH_SIDECAR_PYTHON=$(CURDIR)/.venv-$(IMAGE_PYTHON)/bin/python $(PY) bench/run.py
 
 # Only the local API's tail: BENCH_API_WINDOWS (12) windows of 10 s at 1,000 req/s, each printed
-# with what explains it (bench/local_api.py). About 3 minutes.
+# with what explains it (bench/local_api.py). About 2.5 minutes.
 bench-api: venv cluster
 	$(MAKE) --no-print-directory venv PYTHON=$(call python_for,$(IMAGE_PYTHON))
 	BENCH_SIDECAR_PYTHON=$(CURDIR)/.venv-$(IMAGE_PYTHON)/bin/python $(PY) bench/run.py --local-api

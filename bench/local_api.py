@@ -71,18 +71,24 @@ def steal_ms() -> float:
     return int(fields[8]) * 1000 / os.sysconf("SC_CLK_TCK")
 
 
-def others_cpu_ns(exclude_pid: int) -> int:
-    """CPU time so far of every thread on the machine but `exclude_pid`'s (schedstat, exact). A
-    thread that starts and ends between two readings is missed: a lower bound of the difference."""
-    total = 0
+def threads_cpu_ns(exclude_pid: int) -> dict[str, int]:
+    """CPU time so far of every thread on the machine but `exclude_pid`'s: {pid/tid: ns} (schedstat)."""
+    threads = {}
     for stat in Path("/proc").glob("[0-9]*/task/*/schedstat"):
         if stat.parts[2] == str(exclude_pid):
             continue
         try:
-            total += int(stat.read_text().split()[0])
+            threads[f"{stat.parts[2]}/{stat.parts[4]}"] = int(stat.read_text().split()[0])
         except (OSError, ValueError, IndexError):
             continue  # the thread ended meanwhile
-    return total
+    return threads
+
+
+def others_cpu_ms(before: dict[str, int], after: dict[str, int]) -> float:
+    """CPU the other threads used between two readings: what each thread alive at the second used
+    since the first (all of it for a thread born meanwhile). A thread that ended in between is
+    missed, so this is a lower bound."""
+    return sum(ns - before.get(thread, 0) for thread, ns in after.items()) / 1e6
 
 
 class Observation:
@@ -96,7 +102,7 @@ class Observation:
         self.gc = gc_pauses(text)
         self.gc_sum_s = gc_sums(text)
         self.sidecar_cpu_ns, self.sidecar_wait_ns = schedstat(sidecar_pid)
-        self.others_cpu_ns = others_cpu_ns(sidecar_pid)
+        self.others_cpu_ns = threads_cpu_ns(sidecar_pid)
         self.steal_ms = steal_ms()
 
 
@@ -113,7 +119,7 @@ def lag_summary(before: dict[float, float], after: dict[float, float]) -> dict[s
 def explain(before: Observation, after: Observation, load: dict[str, Any]) -> dict[str, Any]:
     """The window's causes, beside the load generator's result `load` (its own runqueue wait and CPU
     are in it: `runqueue_wait_ms`, `cpu_ms`; it runs only between the two observations, so its
-    CPU is in neither `others_cpu_ns`)."""
+    CPU is in neither reading of the other threads)."""
     wall_ms = load["wall_s"] * 1000
     sidecar_cpu_ms = (after.sidecar_cpu_ns - before.sidecar_cpu_ns) / 1e6
     gc = {}
@@ -130,7 +136,7 @@ def explain(before: Observation, after: Observation, load: dict[str, Any]) -> di
         "sidecar_runqueue_wait_ms": round((after.sidecar_wait_ns - before.sidecar_wait_ns) / 1e6, 1),
         "loadgen_runqueue_wait_ms": load.get("runqueue_wait_ms"),
         # The CPU everything else used: the apiserver and etcd of this run, other users' work.
-        "others_cpu_ms": round((after.others_cpu_ns - before.others_cpu_ns) / 1e6, 0),
+        "others_cpu_ms": round(others_cpu_ms(before.others_cpu_ns, after.others_cpu_ns), 0),
         "steal_ms": round(after.steal_ms - before.steal_ms, 0),
         "wall_ms": round(wall_ms, 0),
         "load1": os.getloadavg()[0],

@@ -6,11 +6,12 @@ that the local API would not: both evaluate the renew deadline at the moment of 
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, Info
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from sidecar import __version__
@@ -104,6 +105,38 @@ class _AppCollector(Collector):
             yield members
 
 
+class GcPauseHistogram(Collector):
+    """`lease_sidecar_gc_pause_seconds{generation}`, kept without locks.
+
+    It is written from inside the garbage collector, which runs wherever this thread allocates: in
+    the middle of a scrape too, while prometheus-client holds a metric's (non-reentrant) lock. A
+    `Histogram` observed there would wait for that lock forever. Plain counters do not; their
+    lists are made up front, so a scrape never iterates a dict that a collection grows."""
+
+    GENERATIONS = (0, 1, 2)
+
+    def __init__(self, bounds_s: tuple[float, ...]) -> None:
+        self._bounds = bounds_s
+        self._counts = {generation: [0] * (len(bounds_s) + 1) for generation in self.GENERATIONS}
+        self._sums = dict.fromkeys(self.GENERATIONS, 0.0)
+
+    def observe(self, generation: int, seconds: float) -> None:
+        if generation in self._counts:
+            self._counts[generation][bisect.bisect_left(self._bounds, seconds)] += 1  # le: bound >= value
+            self._sums[generation] += seconds
+
+    def collect(self) -> Iterator[Metric]:
+        family = HistogramMetricFamily("lease_sidecar_gc_pause_seconds", "How long each garbage collection held "
+                                       "the process, by generation (0 young, 2 full).", labels=["generation"])
+        for generation in self.GENERATIONS:
+            counts, cumulative, buckets = list(self._counts[generation]), 0, []
+            for bound, count in zip((*self._bounds, math.inf), counts, strict=True):
+                cumulative += count
+                buckets.append(("+Inf" if bound == math.inf else repr(bound), cumulative))
+            family.add_metric([str(generation)], buckets, sum_value=self._sums[generation])
+        yield family
+
+
 class ElectionMetrics:
     def __init__(self, registry: CollectorRegistry, elector: Elector, clock: Clock,
                  namespace: str, name: str, identity: str) -> None:
@@ -120,10 +153,8 @@ class ElectionMetrics:
             "lease_sidecar_event_loop_lag_seconds",
             "How late the event loop ran a timer (sampled every 20 ms): the stall a local API request waits out.",
             buckets=_LOOP_LAG_BUCKETS_S, registry=registry)
-        self.gc_pause = Histogram(
-            "lease_sidecar_gc_pause_seconds",
-            "How long each garbage collection held the process, by generation (0 young, 2 full).",
-            ["generation"], buckets=_LOOP_LAG_BUCKETS_S, registry=registry)
+        self.gc_pauses = GcPauseHistogram(_LOOP_LAG_BUCKETS_S)
+        registry.register(self.gc_pauses)
         Info("lease_sidecar", "Build and identity of this sidecar.", registry=registry).info(
             {"version": __version__, "identity": identity, "namespace": namespace, "lease": name})
         registry.register(_ElectionCollector(elector, clock, namespace, name))
@@ -140,7 +171,7 @@ class ElectionMetrics:
         self.loop_lag.observe(seconds)
 
     def observe_gc_pause(self, generation: int, seconds: float) -> None:
-        self.gc_pause.labels(generation=str(generation)).observe(seconds)
+        self.gc_pauses.observe(generation, seconds)
 
     def count_watch_restart(self) -> None:
         self.watch_restarts.labels(**self._labels).inc()

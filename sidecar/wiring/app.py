@@ -147,18 +147,18 @@ async def run(settings: RunSettings, namespace: str, identity: str, config: Any,
                                "correlation_id": uuid.uuid4().hex[:12], "term": None}
     logs.configure(settings.log_level, context)
     parts = await assemble(settings, namespace, identity, config, context)
+    cpu_slice = _ask_for_cpu_slice(settings.cpu_slice)
     tasks: dict[str, asyncio.Task[None]] = {}
     runners = await start_servers(settings, parts, alive=lambda: bool(tasks) and not any(
         task.done() for task in tasks.values()))
     _freeze_long_lived_objects()
     gc_pauses = GcPauseTimer(parts.metrics.observe_gc_pause)
-    gc_pauses.install()
-    log.info("starting", extra={"event": "start", "config": dict(vars(config)),
-                                "http_address": settings.http_address,
-                                "metrics_address": settings.metrics_address,
-                                "cpu_slice": _ask_for_cpu_slice(settings.cpu_slice)})
     exit_code = 0
     try:
+        gc_pauses.install()
+        log.info("starting", extra={"event": "start", "config": dict(vars(config)),
+                                    "http_address": settings.http_address,
+                                    "metrics_address": settings.metrics_address, "cpu_slice": cpu_slice})
         # Stopped during start-up: no loop starts, and the shut-down below has nothing to release.
         if not stop.is_set():
             tasks.update({name: asyncio.create_task(loop, name=name) for name, loop in named_loops(parts).items()})
@@ -261,7 +261,10 @@ def _ask_for_cpu_slice(slice_s: float | None) -> str:
     """What became of --cpu-slice, for the start line: the slice, or why the kernel's stays."""
     if not slice_s:
         return "kernel default"
-    refused = scheduling.request_short_slice(slice_s)
+    try:
+        refused = scheduling.request_short_slice(slice_s)
+    except OSError as error:  # the process's own scheduling could not even be read
+        refused = str(error)
     return f"{slice_s * 1000:g}ms" if refused is None else f"kernel default ({refused})"
 
 

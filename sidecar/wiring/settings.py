@@ -25,6 +25,7 @@ IN_CLUSTER_DIR = Path(os.environ.get("LEASE_SIDECAR_IN_CLUSTER_DIR", "/var/run/s
 """Where a pod finds its ServiceAccount token, CA and namespace (overridable for tests)."""
 
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+_ZERO = re.compile(r"(0+(\.0*)?|\.0+)(ms|s|m|h)?")
 _DNS_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 _DURATIONS = ("leader_lease_ttl", "leader_renewal_interval", "leader_renew_deadline", "heartbeat_interval",
               "heartbeat_ttl", "failover_timeout", "api_timeout", "app_heartbeat_ttl")
@@ -102,7 +103,7 @@ class RunSettings(BaseSettings):
     def _slice(cls, value: object) -> float:
         if value is None or value == "":
             return scheduling.SLICE_S
-        if str(value).strip() in ("0", "0s", "0ms", "0.0"):
+        if _ZERO.fullmatch(str(value).strip()):
             return 0.0
         seconds = parse_duration_s(value, "--cpu-slice")
         if not scheduling.MIN_SLICE_S <= seconds <= scheduling.MAX_SLICE_S:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import platform
 import threading
 from pathlib import Path
 
@@ -34,16 +33,21 @@ def test_a_slice_the_kernel_would_not_take_is_one_line_naming_the_flag(value: st
 
 
 def slice_seen_by_kernel_ns(tid: int) -> int | None:
-    for line in Path(f"/proc/self/task/{tid}/sched").read_text().splitlines():
+    """The thread's slice as /proc shows it (None: no such line or file, e.g. without SCHED_DEBUG)."""
+    try:
+        lines = Path(f"/proc/self/task/{tid}/sched").read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
         if line.startswith("se.slice"):
             return int(line.split(":")[1])
     return None
 
 
-@pytest.mark.skipif(platform.machine() not in ("x86_64", "aarch64"), reason="sched_setattr number unknown")
 def test_the_kernel_takes_the_slice_for_the_calling_thread_only() -> None:
-    """In a thread of its own, so the test process keeps its slice. On a kernel that refuses (before
-    6.12 the call may fail with EINVAL), the reason comes back and nothing changed."""
+    """In a thread of its own, so the test process keeps its slice. Where it is not taken (before
+    Linux 6.12 the kernel accepts the call and ignores the slice; an architecture without a known
+    syscall number), the reason comes back and nothing changed."""
     seen: dict[str, object] = {}
 
     def ask() -> None:
@@ -55,9 +59,9 @@ def test_the_kernel_takes_the_slice_for_the_calling_thread_only() -> None:
     thread = threading.Thread(target=ask)
     thread.start()
     thread.join()
-    if seen["refused"] is None and seen["after"] is not None:
-        assert seen["after"] == 300_000
+    if seen["refused"] is None:
+        assert seen["after"] in (300_000, None), seen  # taken, as /proc shows where it shows it
     else:
-        assert seen["refused"], seen
-        assert seen["after"] == seen["before"]
+        assert isinstance(seen["refused"], str) and seen["refused"], seen
+        assert seen["after"] == seen["before"], seen
     assert slice_seen_by_kernel_ns(threading.get_native_id()) != 300_000
