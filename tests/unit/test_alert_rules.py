@@ -21,6 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from sidecar.core.config import ElectionConfig
 from sidecar.core.election import Elector, Moment
+from sidecar.core.liveness import AppLiveness
 from sidecar.publish.metrics import ElectionMetrics
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -49,6 +50,9 @@ CONTRACT: dict[str, frozenset[str]] = {
     "lease_sidecar_watch_restarts_total": LEASE,
     "lease_sidecar_event_loop_lag_seconds": frozenset(),
     "lease_sidecar_gc_pause_seconds": frozenset({"generation"}),
+    "lease_sidecar_app_alive": LEASE,
+    "lease_sidecar_app_heartbeat_age_seconds": LEASE,
+    "lease_sidecar_app_heartbeats_total": LEASE,
     "lease_sidecar_info": frozenset({"version", "identity", "namespace", "lease"}),
     "leader_election_master_status": frozenset({"name"}),
 }
@@ -286,6 +290,7 @@ def test_contract_is_what_the_sidecar_exports() -> None:
     metrics.observe_request("update", "ok", 0.01)  # labelled children exist only once used
     metrics.count_watch_restart()
     metrics.observe_gc_pause(0, 0.0001)
+    metrics.watch_app(AppLiveness(ttl_s=5))
     exported: dict[str, set[str]] = {}
     for family in text_string_to_metric_families(generate_latest(registry).decode()):
         for sample in family.samples:
