@@ -51,14 +51,18 @@ def request_bytes(host: str, path: str) -> bytes:
     return f"GET {path} HTTP/1.1\r\nHost: {host}\r\nAccept: application/json\r\n\r\n".encode()
 
 
-async def read_reply(reader: asyncio.StreamReader) -> int:
-    head = await reader.readuntil(b"\r\n\r\n")
-    status = int(head[9:12])
+def parse_head(head: bytes) -> tuple[int, int]:
+    """(status, Content-Length) of a reply's head (status line and headers)."""
     length = 0
     for line in head.split(b"\r\n")[1:]:
         name, _, value = line.partition(b":")
         if name.strip().lower() == b"content-length":
             length = int(value)
+    return int(head[9:12]), length
+
+
+async def read_reply(reader: asyncio.StreamReader) -> int:
+    status, length = parse_head(await reader.readuntil(b"\r\n\r\n"))
     if length:
         await reader.readexactly(length)
     return status
@@ -150,14 +154,8 @@ def complete_reply(buffer: bytes) -> int | None:
     end = buffer.find(b"\r\n\r\n")
     if end < 0:
         return None
-    length = 0
-    for line in buffer[:end].split(b"\r\n")[1:]:
-        name, _, value = line.partition(b":")
-        if name.strip().lower() == b"content-length":
-            length = int(value)
-    if len(buffer) < end + 4 + length:
-        return None
-    return int(buffer[9:12])
+    status, length = parse_head(buffer[:end])
+    return status if len(buffer) >= end + 4 + length else None
 
 
 async def openloop(host: str, port: int, path: str, rate: float, duration: float, connections: int) -> dict:

@@ -257,7 +257,7 @@ def _freeze_long_lived_objects() -> None:
     gc.freeze()
 
 
-def _ask_for_cpu_slice(slice_s: float | None) -> str:
+def _ask_for_cpu_slice(slice_s: float) -> str:
     """What became of --cpu-slice, for the start line: the slice, or why the kernel's stays."""
     if not slice_s:
         return "kernel default"
