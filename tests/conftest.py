@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
@@ -115,3 +116,30 @@ def namespace(kubeconfig: Path, tool_bin: dict[str, Path]) -> Iterator[str]:
         kubectl("get", "serviceaccount", "default", "-n", name)
     yield name
     kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+@pytest.fixture(scope="session")
+def postgres_dsn() -> Iterator[str]:
+    """A real PostgreSQL of this pytest process (tests/servers.py), superuser `postgres`, database
+    `postgres`, on 127.0.0.1; stopped at the session's end. Fails, never skips, if it cannot start."""
+    from tests import servers
+
+    try:
+        server = servers.start_postgres()
+    except (servers.ServerError, OSError, subprocess.SubprocessError) as error:
+        pytest.fail(f"PostgreSQL could not start: {error}", pytrace=False)
+    yield server.dsn
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    """A real Redis of this pytest process (tests/servers.py), no persistence; stopped at the end."""
+    from tests import servers
+
+    try:
+        server = servers.start_redis()
+    except (servers.ServerError, OSError, subprocess.SubprocessError) as error:
+        pytest.fail(f"Redis could not start: {error}", pytrace=False)
+    yield server.url
+    server.stop()
