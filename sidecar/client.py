@@ -14,8 +14,14 @@ Fail safe: any error (sidecar down, timeout, garbage) reads as "not leader". Two
     client.heartbeat(schedule_count=12, next_due_task="cleanup")   # the app is alive (never raises)
     client.resign()                                   # give leadership up now, e.g. on SIGTERM
 
-Self-fencing: a leader should stop its singleton work at `status["valid_until"]` unless a newer
-status arrives first, and pass `status["fencing_token"]` to storage that can reject stale writers.
+Self-fencing: a leader should stop its singleton work at `status["valid_until_monotonic"]` (the
+node's CLOCK_MONOTONIC, which `time.monotonic()` reads in any container of the pod; `valid_until`
+is the same moment on the wall clock, for people, and moves when that clock is stepped) unless a
+newer status arrives first, and pass `status["fencing_token"]` to storage that can reject stale
+writers. `remaining_s(status)` and `still_valid(status)` do the arithmetic. Renewals move the
+deadline without a new `version`: `changes()` yields on version changes only, so a long-poller
+refreshes the deadline with `status()` (no wait) every renewal interval, and an event stream gets
+`event: renewal` for each.
 """
 
 from __future__ import annotations
@@ -137,6 +143,26 @@ class LeaderClient:
             raise AssertionError("unreachable")
 
         return await asyncio.wait_for(first_leading(), timeout_s)
+
+
+# ---------------------------------------------------------------- the deadline
+
+
+def remaining_s(current: Status | None, now_monotonic: float | None = None) -> float:
+    """Seconds this leader may still do leader work by `current` (0 unless leader), judged by
+    `valid_until_monotonic` on this pod's monotonic clock; a sidecar too old to send it falls back
+    to nothing (0), the safe side."""
+    if not current or current.get("is_leader") is not True:
+        return 0.0
+    deadline = current.get("valid_until_monotonic")
+    if not isinstance(deadline, int | float):
+        return 0.0
+    return max(0.0, float(deadline) - (time.monotonic() if now_monotonic is None else now_monotonic))
+
+
+def still_valid(current: Status | None, now_monotonic: float | None = None) -> bool:
+    """Leader, and its deadline not yet passed."""
+    return remaining_s(current, now_monotonic) > 0
 
 
 # ---------------------------------------------------------------- blocking, stdlib only

@@ -35,6 +35,8 @@ class LeaseLockBackend:
         self._api = CoordinationV1Api(api_client)
         self._observe = observe_request or (lambda verb, result, seconds: None)
         self._raw: dict[str, dict[str, Any]] = {}
+        self.uid: str | None = None
+        """The Lease's metadata.uid as last observed (None before any): a new uid is a new Lease."""
 
     # ------------------------------------------------------------------ storage
 
@@ -165,7 +167,9 @@ class LeaseLockBackend:
             self._observe(verb, result, time.monotonic() - started)
 
     def _remember(self, lease: dict[str, Any]) -> Versioned:
-        version = str((lease.get("metadata") or {}).get("resourceVersion") or "")
+        metadata = lease.get("metadata") or {}
+        version = str(metadata.get("resourceVersion") or "")
+        self.uid = str(metadata.get("uid") or "") or self.uid
         self._raw[version] = lease
         while len(self._raw) > _RAW_CACHE_SIZE:
             self._raw.pop(next(iter(self._raw)))

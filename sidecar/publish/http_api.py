@@ -82,12 +82,23 @@ async def get_leader_events(request: web.Request) -> web.StreamResponse:
     if request.method == "HEAD":
         return response
     snapshot: Snapshot = board.snapshot()
+    kind = "leader"
     try:
         while True:
-            event = f"id: {snapshot['version']}\nevent: leader\ndata: {json.dumps(snapshot)}\n\n"
+            # `leader` when the version changed; `renewal` when only the leader's deadline moved
+            # (same version, same JSON shape): a stream always holds the newest deadline.
+            event = f"id: {snapshot['version']}\nevent: {kind}\ndata: {json.dumps(snapshot)}\n\n"
             await response.write(event.encode())
-            version = snapshot["version"]
-            while (snapshot := await board.wait_for_change(version, SSE_KEEPALIVE_S))["version"] == version:
+            version, deadline = snapshot["version"], snapshot["valid_until_monotonic"]
+            while True:
+                snapshot = await board.wait_for_update(version, deadline, SSE_KEEPALIVE_S)
+                if snapshot["version"] != version:
+                    kind = "leader"
+                    break
+                if snapshot["valid_until_monotonic"] != deadline and snapshot["is_leader"]:
+                    kind = "renewal"
+                    break
+                deadline = snapshot["valid_until_monotonic"]
                 await response.write(b": keep-alive\n\n")
     except ConnectionResetError:
         pass  # the client went away; cancellation (server shutdown) propagates as it should

@@ -11,7 +11,8 @@ _TIME = {"type": ["string", "null"], "format": "date-time"}
 _LEADER = {
     "type": "object",
     "required": ["role", "is_leader", "identity", "holder", "lease", "fencing_token", "term_started_at",
-                 "valid_until", "observed_at", "version"],
+                 "valid_until", "valid_until_monotonic", "valid_for_seconds", "observed_at", "version",
+                 "lease_uid", "draining"],
     "properties": {
         "role": {"type": "string", "enum": ["leader", "standby", "unknown"]},
         "is_leader": {"type": "boolean"},
@@ -21,10 +22,23 @@ _LEADER = {
         "fencing_token": {"type": ["integer", "null"],
                           "description": "Strictly increases with every leadership term; null unless leader."},
         "term_started_at": _TIME,
-        "valid_until": {**_TIME, "description": "A leader must stop leader work at this time unless it "
-                                                 "hears a newer valid_until."},
+        "valid_until": {**_TIME, "description": "Wall-clock form of valid_until_monotonic, for people: a "
+                                                 "stepped clock moves it, so do not fence by it."},
+        "valid_until_monotonic": {"type": ["number", "null"],
+                                  "description": "Seconds on the node's CLOCK_MONOTONIC (time.monotonic() in any "
+                                                 "container of the pod) at which this leader's term may end: stop "
+                                                 "leader work then unless a newer one arrives. Null unless leader."},
+        "valid_for_seconds": {"type": ["number", "null"], "minimum": 0,
+                              "description": "valid_until_monotonic minus now, at the moment of this answer. "
+                                             "Null unless leader."},
+        "lease_uid": {"type": ["string", "null"],
+                      "description": "The Lease's metadata.uid as last observed (null before one is seen): a new "
+                                     "uid is a new Lease, whose fencing tokens may restart."},
+        "draining": {"type": "boolean",
+                     "description": "A graceful release is waiting for the app to finish (--handover-drain-timeout)."},
         "observed_at": _TIME,
-        "version": {"type": "integer", "description": "Increases on every change of role, holder or token."},
+        "version": {"type": "integer", "description": "Increases on every change of role, holder or token (not "
+                                                     "on renewals: they move valid_until_monotonic only)."},
         "heartbeat_at": _TIME,
         "stale_after_seconds": {"type": "number"},
         "sidecar_version": {"type": "string"},
@@ -108,7 +122,8 @@ OPENAPI: dict[str, Any] = {
             "responses": {"200": _json(_LEADER, "Current view"), "400": _json(_ERROR, "Bad parameter")},
         }},
         "/leader/events": {"get": {
-            "summary": "Server-Sent Events: the /leader JSON on every change.",
+            "summary": "Server-Sent Events: the /leader JSON as `event: leader` on every change of version, and "
+                       "as `event: renewal` (same JSON, same version) each time a renewal moves the deadline.",
             "responses": {"200": {"description": "event stream",
                                   "content": {"text/event-stream": {"schema": {"type": "string"}}}}},
         }},

@@ -2,8 +2,10 @@
 
 Both are replaced atomically (temporary file in the same directory, then rename), so a reader
 never sees a torn file. They are rewritten on every change and at every heartbeat, so their mtime
-is the sidecar's pulse. After a sidecar crash the files stay as they were: a consumer must also
-check `valid_until` in status.json and that the mtime is younger than `stale_after_seconds`.
+is the sidecar's pulse; status.json is also rewritten at every renewal, so it holds the newest
+deadline. After a sidecar crash the files stay as they were: a consumer must also check
+`valid_until_monotonic` in status.json against its own `time.monotonic()` (the pod's containers
+share the node's monotonic clock) and that the mtime is younger than `stale_after_seconds`.
 """
 
 from __future__ import annotations
@@ -45,7 +47,8 @@ class RoleFiles:
         """The last write on shutdown: standby, whatever happened before."""
         if snapshot is not None:
             body = dict(snapshot, role="standby" if snapshot["role"] == "leader" else snapshot["role"],
-                        is_leader=False, fencing_token=None, valid_until=None)
+                        is_leader=False, fencing_token=None, valid_until=None, valid_until_monotonic=None,
+                        valid_for_seconds=None)
             self._replace("status.json", json.dumps(body, sort_keys=True) + "\n")
         self._replace("role", "standby\n")
 

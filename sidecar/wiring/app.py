@@ -182,14 +182,16 @@ async def assemble(settings: RunSettings, namespace: str, identity: str, config:
     elector.own_revision = own_revision(identity)
     registry = CollectorRegistry(auto_describe=True)
     metrics = ElectionMetrics(registry, elector, clock, namespace, settings.lease_name, identity)
-    board = StatusBoard(elector, clock, context["lease"], config.heartbeat_ttl_s, app=liveness)
+    backend: LeaseLockBackend | None = None
+    board = StatusBoard(elector, clock, context["lease"], config.heartbeat_ttl_s, app=liveness,
+                        lease_uid=lambda: backend.uid if backend is not None else None)
 
     def track_term(snapshot: dict[str, Any]) -> None:
         context["term"] = snapshot["fencing_token"]
 
     board.subscribe(track_term)
     if role_files:
-        board.subscribe(role_files.publish)
+        board.subscribe(role_files.publish, renewals=True)  # status.json holds the newest deadline
 
     api_client = await make_api_client(settings)
     backend = LeaseLockBackend(api_client, namespace, settings.lease_name, metrics.observe_request)
