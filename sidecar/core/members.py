@@ -32,6 +32,11 @@ APP_HEARTBEAT_ANNOTATION = "lease-sidecar.io/app-heartbeat-at"
 APP_INFO_ANNOTATION = "lease-sidecar.io/app-info"
 APP_ALIVE_ANNOTATION = "lease-sidecar.io/app-alive"
 """The member's own judgment of its app (its --app-heartbeat-ttl); absent without a TTL."""
+TERMINATING_ANNOTATION = "lease-sidecar.io/terminating"
+"""`true` once the member got its stop signal (SIGTERM): it is going away and must not be named
+successor. Absent otherwise."""
+SITTING_OUT_ANNOTATION = "lease-sidecar.io/sitting-out"
+"""`true` while the member sits out a resign (it would not take the lease). Absent otherwise."""
 MEMBER_INFIX = "-member-"
 REMOVE_AFTER_DURATIONS = 10
 ROLES = ("leader", "standby", "unknown")
@@ -70,6 +75,10 @@ class MemberRecord:
     """As the member itself judges its app (None: no --app-heartbeat-ttl, the app is not consulted)."""
     renew_time: datetime | None = None
     """Written for people and kubectl; never compared with the local clock."""
+    terminating: bool = False
+    """The member got its stop signal: never a successor."""
+    sitting_out: bool = False
+    """The member sits out a resign: not a successor while it does."""
 
     def to_lease(self, name: str, namespace: str, lease_name: str) -> dict[str, Any]:
         annotations = {ROLE_ANNOTATION: self.role, APP_INFO_ANNOTATION: json.dumps(self.info, sort_keys=True)}
@@ -77,6 +86,10 @@ class MemberRecord:
             annotations[APP_HEARTBEAT_ANNOTATION] = self.app_heartbeat_at
         if self.app_alive is not None:
             annotations[APP_ALIVE_ANNOTATION] = "true" if self.app_alive else "false"
+        if self.terminating:
+            annotations[TERMINATING_ANNOTATION] = "true"
+        if self.sitting_out:
+            annotations[SITTING_OUT_ANNOTATION] = "true"
         spec: dict[str, Any] = {"holderIdentity": self.identity, "leaseDurationSeconds": self.duration_s}
         if self.renew_time is not None:
             spec["renewTime"] = format_microtime(self.renew_time)
@@ -103,7 +116,9 @@ class MemberRecord:
                    info=info if isinstance(info, dict) else {},
                    app_heartbeat_at=annotations.get(APP_HEARTBEAT_ANNOTATION),
                    app_alive={"true": True, "false": False}.get(annotations.get(APP_ALIVE_ANNOTATION, "")),
-                   renew_time=parse_microtime(spec.get("renewTime")))
+                   renew_time=parse_microtime(spec.get("renewTime")),
+                   terminating=annotations.get(TERMINATING_ANNOTATION) == "true",
+                   sitting_out=annotations.get(SITTING_OUT_ANNOTATION) == "true")
 
 
 def member_duration_s(heartbeat_ttl_s: float) -> int:
@@ -163,6 +178,7 @@ class MemberTable:
             rows.append({"identity": seen.record.identity, "role": seen.record.role,
                          "alive": self.alive(name, now_mono), "info": seen.record.info,
                          "app_heartbeat_at": seen.record.app_heartbeat_at, "app_alive": seen.record.app_alive,
+                         "terminating": seen.record.terminating, "sitting_out": seen.record.sitting_out,
                          "observed_at": format_microtime(seen.observed_wall), "lease": name})
         return rows
 

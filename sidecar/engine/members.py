@@ -39,8 +39,12 @@ class MemberPresence:
         self._version: str | None = None
         self._role: str | None = None
         self._app_alive: bool | None = None
+        self._sitting_out: bool | None = None
+        self.terminating = False
+        """Set by `begin_terminating` (the stop signal): the record says so from its next write."""
         self._role_changed = asyncio.Event()
-        """Set when the role or the app's liveness differs from what the record last carried."""
+        """Set when the role, the app's liveness, a sit-out or termination differs from what the
+        record last carried."""
         self.shown_alive = False
         """A record saying this member's app is alive has been written (readiness waits for it:
         a leader being replaced then already sees this pod as a live successor)."""
@@ -112,6 +116,13 @@ class MemberPresence:
             await asyncio.sleep(backoff)
             backoff = min(_BACKOFF_CAP_S, backoff * 2)
 
+    def begin_terminating(self) -> None:
+        """The stop signal arrived: say so in the record at once (the renew loop writes it while
+        the release goes on), so no leader names this member its successor."""
+        if not self.terminating:
+            self.terminating = True
+            self._role_changed.set()
+
     async def withdraw(self) -> None:
         """Clean shutdown: delete this member's record (bounded by the API timeout), after any write
         in flight, and with no write after it."""
@@ -130,12 +141,15 @@ class MemberPresence:
         snapshot = self.board.snapshot()
         app = snapshot["app"]
         self._role, self._app_alive = snapshot["role"], app["alive"]
+        self._sitting_out = app["sit_out_until"] is not None
         return MemberRecord(identity=self.identity, role=snapshot["role"], duration_s=self._duration_s,
                             info=app["info"], app_heartbeat_at=app["last_heartbeat_at"], app_alive=app["alive"],
-                            renew_time=self.clock.now().wall)
+                            renew_time=self.clock.now().wall, terminating=self.terminating,
+                            sitting_out=self._sitting_out)
 
     def _on_snapshot(self, snapshot: Snapshot) -> None:
-        if self._role is not None and (snapshot["role"] != self._role or snapshot["app"]["alive"] != self._app_alive):
+        if self._role is not None and (snapshot["role"] != self._role or snapshot["app"]["alive"] != self._app_alive
+                                       or (snapshot["app"]["sit_out_until"] is not None) != self._sitting_out):
             self._role_changed.set()
 
     async def _remove_stale(self) -> None:

@@ -87,6 +87,8 @@ _MEMBER = {
         "app_alive": {"type": ["boolean", "null"], "description": "The member's own judgment of its app "
                                                                  "(null without --app-heartbeat-ttl)."},
         "observed_at": _TIME,
+        "terminating": {"type": "boolean", "description": "The member got its stop signal: never named successor."},
+        "sitting_out": {"type": "boolean", "description": "The member sits out a resign: not named successor."},
     },
 }
 _MEMBERS = {

@@ -288,6 +288,8 @@ async def _shut_down(parts: Parts, tasks: dict[str, asyncio.Task[None]], runners
     """Release first (standby is already published), then the extras, then the servers; standby in
     the role file last."""
     heartbeat, app_side, role_files = parts.heartbeat, parts.app_side, parts.role_files
+    if app_side.members is not None:
+        app_side.members.begin_terminating()  # written beside the release: no leader names this pod now
     try:
         await asyncio.wait_for(_release(heartbeat, tasks.get("elect")), SHUTDOWN_GRACE_S)
     except TimeoutError:

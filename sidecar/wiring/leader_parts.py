@@ -135,24 +135,34 @@ def handover_requester(elector: Elector, clock: Clock, board: StatusBoard, wake:
 
 class SuccessorView:
     """Feeds the Elector the members view for choosing a successor (a StatusBoard listener: every
-    change and heartbeat). `rows(now_mono)` is the members table's rows. `app_gated`: leading needs
-    a live app (--app-heartbeat-ttl), so a member whose app never heartbeated (a pod just started)
-    cannot take the lease and is not named."""
+    change and heartbeat). `rows(now_mono)` is the members table's rows. A member may be named only
+    if its record is fresh, it is a candidate (leader or standby), it is not terminating (its
+    record says so from its stop signal) nor sitting out a resign, and, when `app_gated` (leading
+    needs a live app, --app-heartbeat-ttl), its record says its app is alive now: a member whose
+    app never heartbeated or has fallen silent cannot take the lease. With none, the release
+    names nobody and is open to all at once."""
 
     def __init__(self, elector: Elector, clock: Clock, rows: Callable[[float], list[dict[str, Any]]],
                  app_gated: bool = False) -> None:
         self._elector, self._clock, self._rows, self._app_gated = elector, clock, rows, app_gated
         self._first_seen: dict[str, float] = {}
+        """When each member now in the view was first seen; members gone from it are forgotten."""
 
     def on_snapshot(self, _snapshot: Snapshot) -> None:
         now = self._clock.now().mono
+        rows = self._rows(now)
+        present = {row["identity"] for row in rows}
+        for gone in [identity for identity in self._first_seen if identity not in present]:
+            del self._first_seen[gone]  # else it grows with every pod ever seen
         members = []
-        for row in self._rows(now):
+        for row in rows:
             identity = row["identity"]
+            app_ok = not self._app_gated or row.get("app_alive") is True
             members.append(Member(identity, bool(row["alive"]), self._first_seen.setdefault(identity, now),
+                                  terminating=bool(row.get("terminating")),
                                   revision=revision_from_pod_name(identity),
-                                  ready=row.get("role") in ("leader", "standby")
-                                  and (not self._app_gated or row.get("app_heartbeat_at") is not None)))
+                                  ready=row.get("role") in ("leader", "standby") and app_ok
+                                  and not row.get("sitting_out")))
         self._elector.members = members
 
 
