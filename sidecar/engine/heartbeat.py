@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 from sidecar.core.clock import Clock
 from sidecar.core.election import BeatRole, Done, Elector, Read, Wait, Write
-from sidecar.core.lock import BackendUnavailable, Conflict, DistributedLockBackend, LockError, WatchExpired
+from sidecar.core.lock import BackendUnavailable, Conflict, LeaseStore, LockError, WatchExpired
 from sidecar.engine.status import StatusBoard
 
 log = logging.getLogger("lease_sidecar.core.election")
@@ -26,7 +26,7 @@ _WATCH_HEALTHY_S = 5.0
 
 
 class BeatHeartbeat:
-    def __init__(self, elector: Elector, backend: DistributedLockBackend, board: StatusBoard,
+    def __init__(self, elector: Elector, backend: LeaseStore, board: StatusBoard,
                  clock: Clock, on_watch_restart: Callable[[], None] | None = None) -> None:
         self.elector = elector
         self.backend = backend

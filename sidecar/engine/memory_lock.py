@@ -1,4 +1,4 @@
-"""A process-local `DistributedLockBackend`: the reference for the contract tests and unit tests."""
+"""A process-local `LeaseStore`: the reference for the contract tests and unit tests."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""`DistributedLockBackend` over a coordination.k8s.io/v1 Lease, with kubernetes-asyncio.
+"""`LeaseStore` over a coordination.k8s.io/v1 Lease, with kubernetes-asyncio.
 
 Raw JSON in and out (no model round-trip), so MicroTime keeps six digits and fields this code
 does not know (labels, other annotations, owner references) survive every update.

@@ -19,7 +19,7 @@ from kubernetes_asyncio.client import ApiClient
 from sidecar.core.announce import Announcement
 from sidecar.core.clock import Clock
 from sidecar.core.election import Elector
-from sidecar.core.lock import DistributedLockBackend, Versioned, WatchEvent
+from sidecar.core.lock import LeaseStore, Versioned, WatchEvent
 from sidecar.core.record import LeaseRecord
 from sidecar.core.succession import Member, revision_from_pod_name
 from sidecar.engine.status import Snapshot, StatusBoard
@@ -94,7 +94,7 @@ class ReleaseFirst:
     """A lock backend that runs `before_release` ahead of every release write (an update naming no
     holder), within half of that write's timeout; everything else passes straight through."""
 
-    def __init__(self, backend: DistributedLockBackend, before_release: Callable[[float], Awaitable[None]]) -> None:
+    def __init__(self, backend: LeaseStore, before_release: Callable[[float], Awaitable[None]]) -> None:
         self._backend = backend
         self._before_release = before_release
         self.key = backend.key

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from kubernetes_asyncio import client, config
 
-from sidecar.core.lock import Conflict, DistributedLockBackend, Versioned, WatchEvent
+from sidecar.core.lock import Conflict, LeaseStore, Versioned, WatchEvent
 from sidecar.core.record import LeaseRecord
 from sidecar.engine.memory_lock import InMemoryLockBackend
 from sidecar.kube.lease_lock import LeaseLockBackend
@@ -20,7 +20,7 @@ T0 = datetime(2026, 5, 1, 12, 0, 0, 123456, tzinfo=UTC)
 
 
 @pytest.fixture(params=["in-memory", "lease"])
-async def backend(request: pytest.FixtureRequest) -> AsyncIterator[DistributedLockBackend]:
+async def backend(request: pytest.FixtureRequest) -> AsyncIterator[LeaseStore]:
     if request.param == "in-memory":
         yield InMemoryLockBackend("ns/contract")
         return
@@ -32,7 +32,7 @@ async def backend(request: pytest.FixtureRequest) -> AsyncIterator[DistributedLo
         yield LeaseLockBackend(api_client, namespace, "contract")
 
 
-async def delete(backend: DistributedLockBackend) -> None:
+async def delete(backend: LeaseStore) -> None:
     if isinstance(backend, InMemoryLockBackend):
         await backend.delete()
     else:
@@ -40,25 +40,25 @@ async def delete(backend: DistributedLockBackend) -> None:
         kubectl("delete", "lease", backend.name, "-n", backend.namespace)
 
 
-async def test_get_of_a_missing_record_is_none(backend: DistributedLockBackend) -> None:
+async def test_get_of_a_missing_record_is_none(backend: LeaseStore) -> None:
     assert await backend.get(2) is None
 
 
-async def test_create_then_get_round_trips_every_field(backend: DistributedLockBackend) -> None:
+async def test_create_then_get_round_trips_every_field(backend: LeaseStore) -> None:
     record = LeaseRecord("a", 15, T0, T0, 3, 9)
     created = await backend.create(record, 2)
     assert created.record == record
     assert (await backend.get(2)) == created
 
 
-async def test_create_over_an_existing_record_conflicts(backend: DistributedLockBackend) -> None:
+async def test_create_over_an_existing_record_conflicts(backend: LeaseStore) -> None:
     await backend.create(LeaseRecord("a", 15), 2)
     with pytest.raises(Conflict):
         await backend.create(LeaseRecord("b", 15), 2)
     assert (await backend.get(2)).record.holder == "a"
 
 
-async def test_update_is_compare_and_swap(backend: DistributedLockBackend) -> None:
+async def test_update_is_compare_and_swap(backend: LeaseStore) -> None:
     first = await backend.create(LeaseRecord("a", 15, T0, T0), 2)
     second = await backend.update(LeaseRecord("b", 15, T0, T0, 1, 2), first.version, 2)
     assert second.version != first.version and second.record.holder == "b"
@@ -67,14 +67,14 @@ async def test_update_is_compare_and_swap(backend: DistributedLockBackend) -> No
     assert (await backend.get(2)).record.holder == "b"
 
 
-async def test_update_of_a_deleted_record_conflicts(backend: DistributedLockBackend) -> None:
+async def test_update_of_a_deleted_record_conflicts(backend: LeaseStore) -> None:
     first = await backend.create(LeaseRecord("a", 15), 2)
     await delete(backend)
     with pytest.raises(Conflict):
         await backend.update(LeaseRecord("a", 15), first.version, 2)
 
 
-async def test_watch_starts_with_the_current_state_then_every_change(backend: DistributedLockBackend) -> None:
+async def test_watch_starts_with_the_current_state_then_every_change(backend: LeaseStore) -> None:
     first = await backend.create(LeaseRecord("a", 15), 2)
     seen: list[WatchEvent] = []
     started = asyncio.Event()
