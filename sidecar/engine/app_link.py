@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import aiohttp
 
 from sidecar.core.clock import Clock
+from sidecar.core.config import ConfigError
 from sidecar.core.liveness import AppInfo, AppLiveness
 from sidecar.engine.status import Snapshot, StatusBoard
 
@@ -21,6 +22,23 @@ log = logging.getLogger("lease_sidecar.engine.app_link")
 
 PROBE_TIMEOUT_CAP_S = 2.0
 """A health probe's timeout: at most this, and never longer than the heartbeat interval."""
+
+
+def probe_timeout_s(interval_s: float) -> float:
+    return min(PROBE_TIMEOUT_CAP_S, interval_s)
+
+
+def check_probe_ttl(ttl_s: float | None, interval_s: float, health_url: str) -> None:
+    """Probes start every `interval_s` and a passing one counts when it answers, so two passes
+    can be up to interval + probe timeout apart: a TTL not above that would demote a healthy app
+    whose answers vary. Raises ConfigError (one line naming the flag)."""
+    if not health_url or ttl_s is None:
+        return
+    timeout_s = probe_timeout_s(interval_s)
+    if ttl_s <= interval_s + timeout_s:
+        raise ConfigError("--app-heartbeat-ttl", f"must be greater than --heartbeat-interval plus the probe timeout "
+                                                 f"with --app-health-url ({ttl_s:g}s <= {interval_s:g}s + "
+                                                 f"{timeout_s:g}s): a healthy app's probes may be that far apart")
 
 
 class AppLink:
@@ -53,19 +71,31 @@ class AppLink:
 
     async def probe_forever(self, url: str, interval_s: float) -> None:
         """GET `url` every `interval_s`; a 2xx answer within the timeout counts as a heartbeat."""
-        timeout = aiohttp.ClientTimeout(total=min(PROBE_TIMEOUT_CAP_S, interval_s))
+        timeout = aiohttp.ClientTimeout(total=probe_timeout_s(interval_s))
         async with aiohttp.ClientSession(timeout=timeout) as session:
-            while True:
-                ok, error = await self._probe(session, url)
-                now = self.clock.now()
-                self.liveness.probe(now.mono, now.wall, ok)
-                if ok:
-                    self._wake()
-                if ok == self._probe_failing:  # log transitions only
-                    self._probe_failing = not ok
-                    log.warning("app health probe failing" if not ok else "app health probe passing",
-                                extra={"event": "app_probe", "ok": ok, "error": error})
-                await asyncio.sleep(interval_s)
+            await self.probe_at_fixed_rate(lambda: self._probe(session, url), interval_s)
+
+    async def probe_at_fixed_rate(self, probe: Callable[[], Awaitable[tuple[bool, str | None]]], interval_s: float,
+                                  sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
+        """Start a probe every `interval_s` by the monotonic clock, whatever each one takes (its
+        timeout is at most the interval): sleeping a whole interval after each probe would space
+        the passes interval + probe time apart, and a slow but healthy app would miss its TTL.
+        A start that falls behind (a stalled loop) is skipped, never caught up in a burst."""
+        next_start = self.clock.now().mono
+        while True:
+            ok, error = await probe()
+            now = self.clock.now()
+            self.liveness.probe(now.mono, now.wall, ok)
+            if ok:
+                self._wake()
+            if ok == self._probe_failing:  # log transitions only
+                self._probe_failing = not ok
+                log.warning("app health probe failing" if not ok else "app health probe passing",
+                            extra={"event": "app_probe", "ok": ok, "error": error})
+            next_start += interval_s
+            if next_start <= now.mono:
+                next_start += (now.mono - next_start) // interval_s * interval_s + interval_s
+            await sleep(next_start - now.mono)
 
     @staticmethod
     async def _probe(session: aiohttp.ClientSession, url: str) -> tuple[bool, str | None]:

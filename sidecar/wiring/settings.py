@@ -195,6 +195,9 @@ def load_settings(args: argparse.Namespace) -> tuple[RunSettings, ElectionConfig
                                           f"got {settings.lease_name[:60]!r}")
     split_address(settings.http_address, "--http-address")
     check_app_ttl(settings.app_heartbeat_ttl, settings.heartbeat_interval, settings.app_health_url)
+    from sidecar.engine.app_link import check_probe_ttl  # here: aiohttp only for `run`, not for --help
+
+    check_probe_ttl(settings.app_heartbeat_ttl, settings.heartbeat_interval, settings.app_health_url)
     check_routing(settings)
     if settings.metrics_address:
         split_address(settings.metrics_address, "--metrics-address")

@@ -228,14 +228,15 @@ def test_health_url_probes_gate_and_step_down(namespace: str, tmp_path: Path) ->
     port, flag = sidecars.free_port(), tmp_path / "health"
     flag.write_text("ok")
     server = subprocess.Popen([sys.executable, "-c", HEALTH_SERVER, str(port), str(flag)])
-    probed = sidecars.start("probed", "probed", namespace, tmp_path, *GATED,
+    # Probes may pass up to interval + probe timeout (1 s + 1 s) apart: the TTL must exceed that.
+    probed = sidecars.start("probed", "probed", namespace, tmp_path, "--app-heartbeat-ttl", str(APP_TTL_S + 0.5),
                             "--app-health-url", f"http://127.0.0.1:{port}/healthz")
     try:
         sidecars.wait_for(lambda: sidecars.leaders([probed]) == ["probed"], 20, interval=0.1)
         assert probed.leader()["app"]["alive"] is True
         flag.write_text("failing")
         failed = time.monotonic()
-        sidecars.wait_for(lambda: probed.leader()["role"] == "standby", APP_TTL_S + 2, interval=0.05)
+        sidecars.wait_for(lambda: probed.leader()["role"] == "standby", APP_TTL_S + 2.5, interval=0.05)
         assert time.monotonic() - failed >= APP_TTL_S - 1.0  # one probe interval of slack
         sidecars.wait_for(lambda: (get_lease_holder(namespace) == ""), 5, interval=0.1)  # released
         flag.write_text("ok")
