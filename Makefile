@@ -14,7 +14,7 @@ OTHER_PYTHONS ?= 3.12 3.13
 # pyenv's newest X.Y.*, else pythonX.Y on PATH.
 python_for = $(or $(lastword $(sort $(wildcard $(HOME)/.pyenv/versions/$(1).*/bin/python$(1)))),python$(1))
 
-.PHONY: venv lock cluster demo demo-pods test unit unit-optimized test-pythons other-venvs python-subset lint bench bench-api down clean
+.PHONY: venv lock cluster demo demo-pods test client-test unit unit-optimized test-pythons other-venvs python-subset lint bench bench-api down clean
 
 # Installs come only from the hashed lock files in requirements/ (`make lock` refreshes them):
 # uv.lock pins the installer, dev.lock the package's dependencies with every extra, runtime.lock
@@ -29,9 +29,9 @@ $(UV): $(VENV)/.python-$(PYTHON_VERSION) requirements/uv.lock
 	$(PY) -m pip install -q --disable-pip-version-check --require-hashes -r requirements/uv.lock
 	@touch $@
 
-$(VENV)/.installed: $(UV) pyproject.toml requirements/dev.lock
+$(VENV)/.installed: $(UV) pyproject.toml client/pyproject.toml requirements/dev.lock
 	$(UV) pip install -q --python $(PY) --compile-bytecode --require-hashes -r requirements/dev.lock
-	$(UV) pip install -q --python $(PY) --no-deps --no-build-isolation -e .
+	$(UV) pip install -q --python $(PY) --no-deps --no-build-isolation -e . -e client
 	@touch $@
 
 venv: $(VENV)/.installed
@@ -57,7 +57,7 @@ demo-pods:
 	$(PYTHON) deploy/local/demo_pods.py
 
 lint: venv
-	$(VENV)/bin/ruff check sidecar tests deploy bench
+	$(VENV)/bin/ruff check sidecar tests deploy bench client
 	$(VENV)/bin/lint-imports
 
 unit: venv
@@ -88,11 +88,21 @@ python-subset: venv
 	$(PY) -m pytest tests/cluster/test_election.py -q \
 		-k "five_candidates_never_more_than_one_leader or sigkill_fails_over or release_is_written_like_client_go"
 
+# The app's library (client/, distribution lease-sidecar-client) on its own: its wheel built with
+# this venv's setuptools (no download), installed into a fresh venv with nothing else, and its unit
+# tests (stdlib unittest) run there from client/tests, where the source tree is not importable.
+CLIENT_VENV ?= .venv-client
+client-test: venv
+	rm -rf $(CLIENT_VENV) build/client-wheel && $(PYTHON) -m venv --without-pip $(CLIENT_VENV)
+	$(PY) -m pip wheel -q --no-deps --no-build-isolation --disable-pip-version-check -w build/client-wheel ./client
+	$(UV) pip install -q --python $(CLIENT_VENV)/bin/python --no-deps build/client-wheel/lease_sidecar_client-*.whl
+	cd client/tests && $(CURDIR)/$(CLIENT_VENV)/bin/python -m unittest discover -t . -s . -q
+
 # The tests wait more than they compute (lease expiries, pods starting), so they run in
 # TEST_WORKERS pytest-xdist workers; the node's tests stay together in one (tests/conftest.py).
 # Each test has its own namespace, Lease and ports, and cuts only its own path to the apiserver.
 TEST_WORKERS ?= 4
-test: venv cluster lint other-venvs
+test: venv cluster lint other-venvs client-test
 	$(PY) -m pytest tests -q -n $(TEST_WORKERS)
 	$(MAKE) --no-print-directory -j --output-sync=recurse unit-optimized $(addprefix python-subset-,$(OTHER_PYTHONS))
 

@@ -1,0 +1,214 @@
+"""The fence and the tick ledger from psycopg 3 (extra `psycopg`), blocking and asyncio (`a...`).
+
+    from lease_sidecar_client import current_term
+    from lease_sidecar_client import psycopg as lease_pg
+
+    lease_pg.install(conn)                                   # once: runs sql/lease_fence.sql
+    with lease_pg.fenced_transaction(conn, current_term()):  # fenced; idle-killed past the term
+        conn.execute("update ...")
+
+Every function takes a `Term` (its `lease` is the scope, its `fencing_token` the token) or a bare
+token with `scope=`. A stale token raises `StaleToken` (SQLSTATE LF001); the transaction can only
+roll back.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import AsyncIterator, Iterator
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+import psycopg
+
+from . import sql_path
+from ._term import StaleToken, Term, TermEnded
+
+if TYPE_CHECKING:
+    from .ticks import Schedule
+
+__all__ = [
+    "STALE_TOKEN_SQLSTATE", "StaleToken", "aclaim_tick", "afence", "afenced_transaction", "afinish_tick",
+    "ainstall", "alast_tick", "aunfinished_ticks", "claim_tick", "fence", "fenced_transaction", "finish_tick",
+    "idle_timeout_ms", "install", "last_tick", "missed_ticks", "unfinished_ticks",
+]
+
+STALE_TOKEN_SQLSTATE = "LF001"
+INSTALL_LOCK_KEY = 0x1EA5E_FE4CE  # one installer at a time (CREATE ... IF NOT EXISTS races otherwise)
+MIN_IDLE_TIMEOUT_MS = 1  # 0 would switch the timeout off
+IDLE_TIMEOUT_SHARE = 0.9
+"""Of the term's remaining time, the share a fenced transaction may sit idle: below the TTL, so the
+server kills a paused writer's transaction before the next term could have started writing."""
+
+
+def sql_text() -> str:
+    with open(sql_path(), encoding="utf-8") as file:
+        return file.read()
+
+
+def scope_and_token(term: Term | int, scope: str | None) -> tuple[str, int]:
+    if isinstance(term, Term):
+        return (scope or term.lease), term.fencing_token
+    if scope is None:
+        raise ValueError("scope: required with a bare token (the lease 'namespace/name' that issued it)")
+    return scope, int(term)
+
+
+def idle_timeout_ms(term: Term | int, idle_timeout_s: float | None = None) -> int:
+    """The idle_in_transaction_session_timeout of a fenced transaction: `idle_timeout_s` if given,
+    else `IDLE_TIMEOUT_SHARE` of the term's remaining time. TermEnded if the term has no time left."""
+    if idle_timeout_s is None:
+        if not isinstance(term, Term):
+            raise ValueError("idle_timeout_s: required with a bare token (no term to take it from)")
+        left = term.remaining_s()
+        if left <= 0:
+            raise TermEnded("deadline reached")
+        idle_timeout_s = left * IDLE_TIMEOUT_SHARE
+    if not idle_timeout_s > 0 or not math.isfinite(idle_timeout_s):
+        raise ValueError(f"idle_timeout_s: must be a finite number > 0, not {idle_timeout_s!r}")
+    return max(MIN_IDLE_TIMEOUT_MS, math.floor(idle_timeout_s * 1000))
+
+
+@contextlib.contextmanager
+def _stale_token_as_exception() -> Iterator[None]:
+    try:
+        yield
+    except psycopg.Error as error:
+        if getattr(error, "sqlstate", None) == STALE_TOKEN_SQLSTATE:
+            raise StaleToken(str(error).strip()) from error
+        raise
+
+
+# ---------------------------------------------------------------- blocking
+
+
+def install(conn: psycopg.Connection[Any]) -> None:
+    """Creates or upgrades the fence and ledger (idempotent; safe from many processes at once)."""
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (INSTALL_LOCK_KEY,))
+        conn.execute(sql_text().encode())
+
+
+def fence(conn: psycopg.Connection[Any], term: Term | int, scope: str | None = None) -> int:
+    """`lease_fence(scope, token)` in the connection's current transaction: StaleToken if a higher
+    token was seen in this scope. Its row lock is held until the transaction ends."""
+    scope, token = scope_and_token(term, scope)
+    with _stale_token_as_exception():
+        conn.execute("SELECT lease_fence(%s, %s)", (scope, token))
+    return token
+
+
+def claim_tick(conn: psycopg.Connection[Any], term: Term | int, job: str, scheduled_at: datetime,
+               scope: str | None = None) -> bool:
+    """Fences and claims (job, scheduled_at): True for the one call that claims it, ever."""
+    scope, token = scope_and_token(term, scope)
+    with _stale_token_as_exception():
+        row = conn.execute("SELECT lease_claim_tick(%s, %s, %s, %s)", (scope, job, scheduled_at, token)).fetchone()
+    return bool(row and row[0])
+
+
+def finish_tick(conn: psycopg.Connection[Any], term: Term | int, job: str, scheduled_at: datetime,
+                scope: str | None = None) -> bool:
+    """Marks a tick this token claimed as finished; False if it was not (or already finished)."""
+    scope, token = scope_and_token(term, scope)
+    row = conn.execute("SELECT lease_finish_tick(%s, %s, %s, %s)", (scope, job, scheduled_at, token)).fetchone()
+    return bool(row and row[0])
+
+
+@contextlib.contextmanager
+def fenced_transaction(conn: psycopg.Connection[Any], term: Term | int, scope: str | None = None,
+                       idle_timeout_s: float | None = None) -> Iterator[psycopg.Connection[Any]]:
+    """A transaction that is fenced first and that the server kills if it sits idle past the term
+    (SET LOCAL idle_in_transaction_session_timeout, see `idle_timeout_ms`): a writer paused past its
+    term (GC, SIGSTOP, a VM stall) cannot commit later. StaleToken if the token is stale; TermEnded
+    if the term has no time left before it starts."""
+    timeout_ms = idle_timeout_ms(term, idle_timeout_s)
+    with conn.transaction():
+        conn.execute(f"SET LOCAL idle_in_transaction_session_timeout = {timeout_ms:d}")
+        fence(conn, term, scope)
+        yield conn
+
+
+def last_tick(conn: psycopg.Connection[Any], scope: str, job: str) -> datetime | None:
+    """The latest tick of `job` claimed in `scope` (any term), or None."""
+    row = conn.execute("SELECT max(scheduled_at) FROM lease_tick_ledger WHERE scope = %s AND job = %s",
+                       (scope, job)).fetchone()
+    return row[0] if row else None
+
+
+def unfinished_ticks(conn: psycopg.Connection[Any], scope: str | None = None) -> list[tuple[str, str, datetime, int,
+                                                                                          datetime]]:
+    """Claimed, never finished: (scope, job, scheduled_at, token, claimed_at), oldest first."""
+    query = "SELECT scope, job, scheduled_at, token, claimed_at FROM lease_unfinished_ticks"
+    if scope is None:
+        return conn.execute(query + " ORDER BY scheduled_at").fetchall()
+    return conn.execute(query + " WHERE scope = %s ORDER BY scheduled_at", (scope,)).fetchall()
+
+
+def missed_ticks(conn: psycopg.Connection[Any], scope: str, job: str, schedule: Schedule, now: datetime,
+                 misfire_grace_s: float | None = None, coalesce: bool = True) -> list[datetime]:
+    """The ticks of `job` due by `now` since the latest one claimed in the ledger (see
+    `lease_sidecar_client.ticks.missed_ticks`): what a new leader catches up."""
+    from .ticks import missed_ticks as plan
+
+    return plan(schedule, last_tick(conn, scope, job), now, misfire_grace_s=misfire_grace_s, coalesce=coalesce)
+
+
+# ---------------------------------------------------------------- asyncio
+
+
+async def ainstall(conn: psycopg.AsyncConnection[Any]) -> None:
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock(%s)", (INSTALL_LOCK_KEY,))
+        await conn.execute(sql_text().encode())
+
+
+async def afence(conn: psycopg.AsyncConnection[Any], term: Term | int, scope: str | None = None) -> int:
+    scope, token = scope_and_token(term, scope)
+    with _stale_token_as_exception():
+        await conn.execute("SELECT lease_fence(%s, %s)", (scope, token))
+    return token
+
+
+async def aclaim_tick(conn: psycopg.AsyncConnection[Any], term: Term | int, job: str, scheduled_at: datetime,
+                      scope: str | None = None) -> bool:
+    scope, token = scope_and_token(term, scope)
+    with _stale_token_as_exception():
+        cursor = await conn.execute("SELECT lease_claim_tick(%s, %s, %s, %s)", (scope, job, scheduled_at, token))
+        row = await cursor.fetchone()
+    return bool(row and row[0])
+
+
+async def afinish_tick(conn: psycopg.AsyncConnection[Any], term: Term | int, job: str, scheduled_at: datetime,
+                       scope: str | None = None) -> bool:
+    scope, token = scope_and_token(term, scope)
+    cursor = await conn.execute("SELECT lease_finish_tick(%s, %s, %s, %s)", (scope, job, scheduled_at, token))
+    row = await cursor.fetchone()
+    return bool(row and row[0])
+
+
+@contextlib.asynccontextmanager
+async def afenced_transaction(conn: psycopg.AsyncConnection[Any], term: Term | int, scope: str | None = None,
+                              idle_timeout_s: float | None = None) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+    timeout_ms = idle_timeout_ms(term, idle_timeout_s)
+    async with conn.transaction():
+        await conn.execute(f"SET LOCAL idle_in_transaction_session_timeout = {timeout_ms:d}")
+        await afence(conn, term, scope)
+        yield conn
+
+
+async def alast_tick(conn: psycopg.AsyncConnection[Any], scope: str, job: str) -> datetime | None:
+    cursor = await conn.execute("SELECT max(scheduled_at) FROM lease_tick_ledger WHERE scope = %s AND job = %s",
+                                (scope, job))
+    row = await cursor.fetchone()
+    return row[0] if row else None
+
+
+async def aunfinished_ticks(conn: psycopg.AsyncConnection[Any], scope: str | None = None) -> list[Any]:
+    query = "SELECT scope, job, scheduled_at, token, claimed_at FROM lease_unfinished_ticks"
+    if scope is None:
+        cursor = await conn.execute(query + " ORDER BY scheduled_at")
+    else:
+        cursor = await conn.execute(query + " WHERE scope = %s ORDER BY scheduled_at", (scope,))
+    return await cursor.fetchall()
