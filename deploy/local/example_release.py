@@ -14,6 +14,7 @@ moment that pod's sidecar became leader (it leads only once its write of the Lea
 from __future__ import annotations
 
 import http.client
+import itertools
 import json
 import os
 import shutil
@@ -288,7 +289,8 @@ class Release:
 
     @property
     def selector(self) -> str:
-        return f"app.kubernetes.io/instance={self.name}"
+        """The example's own pods (with beat.enabled the release also has PostgreSQL's)."""
+        return f"app.kubernetes.io/name={EXAMPLE_CHART},app.kubernetes.io/instance={self.name}"
 
     def install(self, timeout_s: float = WAIT_TIMEOUT_S) -> None:
         argv = ["helm", "upgrade", "--install", self.name, str(self.chart), "--namespace", self.namespace,
@@ -439,3 +441,117 @@ def iter_audit_events(path: Path) -> Iterator[dict[str, Any]]:
                 yield json.loads(line)
             except ValueError:
                 continue
+
+
+# ---------------------------------------------------------------- the example beat (beat.enabled)
+
+POSTGRES_CONTAINER = "postgres"
+# A tick the beat ran within this long of its scheduled time ran on time: a run's own work
+# (BEAT_WORK_SECONDS), the scheduler's wake-up and the write; later ones were caught up.
+ON_TIME_SLACK_S = 1.0
+
+
+def beat_sets(mode: str, scheduler: str = "apscheduler", jobs: int = 4, work_s: float = 0.3) -> list[str]:
+    """`--set` assignments turning the example into the beat (its images: example_images.py)."""
+    return ["beat.enabled=true", f"beat.mode={mode}", f"beat.scheduler={scheduler}", f"beat.jobs={jobs}",
+            f"beat.workSeconds={work_s:g}"]
+
+
+def beat_database_pod(release: Release) -> str:
+    selector = f"app.kubernetes.io/name=postgres,app.kubernetes.io/instance={release.name}"
+    pods = [p for p in release.api.pods(release.namespace, selector)
+            if p["status"].get("phase") == "Running" and "deletionTimestamp" not in p["metadata"]]
+    if not pods:
+        raise ReleaseError(f"no running PostgreSQL pod in {release.namespace}")
+    return pods[0]["metadata"]["name"]
+
+
+def beat_query(release: Release, sql: str, timeout_s: float = 60.0) -> Any:
+    """The JSON value of one SQL query, run by psql inside the release's PostgreSQL pod (over its
+    local socket: nothing leaves the pod, no address of the node is dialled from here)."""
+    pod = beat_database_pod(release)
+    result = kubectl("exec", "-n", release.namespace, pod, "-c", POSTGRES_CONTAINER, "--", "psql", "--host=/tmp",
+                     "--username=postgres", "--no-psqlrc", "--tuples-only", "--no-align", "--quiet",
+                     "--set=ON_ERROR_STOP=1", "--command", sql, check=False, timeout_s=timeout_s)
+    if result.returncode != 0:
+        raise ReleaseError(f"psql in {release.namespace}/{pod}: {result.stderr.strip()[-300:]}")
+    return json.loads(result.stdout.strip() or "null")
+
+
+@dataclass(frozen=True)
+class Execution:
+    job: str
+    scheduled_s: float  # the tick, epoch seconds
+    executed_s: float  # when its row was written (PostgreSQL's clock_timestamp(), same machine clock)
+    token: int | None
+    pod: str
+
+
+def beat_executions(release: Release, since_s: float = 0.0) -> list[Execution]:
+    rows = beat_query(release, "SELECT coalesce(json_agg(json_build_array(job, extract(epoch FROM scheduled_at), "
+                               "extract(epoch FROM executed_at), token, pod) ORDER BY executed_at), '[]') "
+                               f"FROM beat_effects WHERE scheduled_at >= to_timestamp({since_s:.6f})")
+    return [Execution(job, float(scheduled), float(executed), token, pod)
+            for job, scheduled, executed, token, pod in rows]
+
+
+def beat_refusals(release: Release, since_s: float = 0.0) -> dict[str, int]:
+    """Refused writes by reason (stale_token: the fence; session_ended: the server ended it)."""
+    rows = beat_query(release, "SELECT coalesce(json_object_agg(reason, n), '{}') FROM (SELECT reason, count(*) AS n "
+                               f"FROM beat_refusals WHERE refused_at >= to_timestamp({since_s:.6f}) GROUP BY reason) r")
+    return {reason: int(count) for reason, count in (rows or {}).items()}
+
+
+@dataclass(frozen=True)
+class BeatFigures:
+    """What the beat did over [start_s, end_s): ticks are every `interval_s` from the anchor."""
+
+    ticks: int  # (job, tick) pairs due in the window
+    executions: int  # rows of the effect table for those ticks
+    duplicated_ticks: list[tuple[str, float, int]]  # (job, tick, executions) with executions > 1
+    never_run: list[tuple[str, float]]
+    caught_up: list[tuple[str, float, float]]  # (job, tick, lateness_s) run later than on time
+    longest_gap_s: float  # the longest time with no execution of any job
+    out_of_order_writes: int  # rows written after a row of a higher token: a stale term's write
+    leaders: list[str]  # the pods that wrote, in order of their first write
+
+    @property
+    def max_executions_per_tick(self) -> int:
+        return max([count for _, _, count in self.duplicated_ticks], default=1 if self.executions else 0)
+
+
+def beat_figures(executions: list[Execution], jobs: list[str], start_s: float, end_s: float,
+                 interval_s: float = 1.0, anchor_s: float = 0.0) -> BeatFigures:
+    first = anchor_s + -(-(start_s - anchor_s) // interval_s) * interval_s
+    due = [round(first + k * interval_s, 6) for k in range(int((end_s - first) // interval_s) + 1)
+           if first + k * interval_s < end_s]
+    by_tick: dict[tuple[str, float], list[Execution]] = {}
+    for execution in executions:
+        by_tick.setdefault((execution.job, round(execution.scheduled_s, 6)), []).append(execution)
+    duplicated, never_run, caught_up = [], [], []
+    for job in jobs:
+        for tick in due:
+            runs = by_tick.get((job, tick), [])
+            if not runs:
+                never_run.append((job, tick))
+                continue
+            if len(runs) > 1:
+                duplicated.append((job, tick, len(runs)))
+            lateness_s = min(r.executed_s for r in runs) - tick
+            if lateness_s > ON_TIME_SLACK_S:
+                caught_up.append((job, tick, round(lateness_s, 3)))
+    window = sorted(e.executed_s for e in executions if start_s <= e.scheduled_s < end_s)
+    edges = [start_s, *window, max(end_s, window[-1] if window else end_s)]
+    longest_gap_s = max(b - a for a, b in itertools.pairwise(edges)) if len(edges) > 1 else 0.0
+    highest, out_of_order, leaders = None, 0, []
+    for execution in sorted(executions, key=lambda e: e.executed_s):
+        if execution.pod not in leaders:
+            leaders.append(execution.pod)
+        if execution.token is None:
+            continue
+        if highest is not None and execution.token < highest:
+            out_of_order += 1
+        highest = execution.token if highest is None else max(highest, execution.token)
+    in_window = sum(len(runs) for (job, tick), runs in by_tick.items() if start_s <= tick < end_s and job in jobs)
+    return BeatFigures(len(due) * len(jobs), in_window, duplicated, never_run, caught_up, round(longest_gap_s, 3),
+                       out_of_order, leaders)

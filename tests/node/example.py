@@ -20,6 +20,7 @@ from tests.conftest import FIGURE, ROOT, localcluster
 
 sys.path.insert(0, str(ROOT / "deploy" / "local"))
 
+import example_images
 import example_release
 import image
 
@@ -49,10 +50,23 @@ def pods_image(node: Any) -> str:
     """The image built from the Dockerfile, imported into the node's containerd (cached: a warm
     run only imports). Returns the reference the charts run by default."""
     address = getattr(node, "containerd_socket", None) or image.default_containerd_address()
+    # The example beat's images (test_beat_chaos.py) need no node: built meanwhile, in the background.
+    example_images.start_builds()
     try:
         return image.load(str(address))
     except image.ImageError as error:
         pytest.fail(f"the image could not be built or loaded: {error}", pytrace=False)
+
+
+@pytest.fixture(scope="module")
+def beat_images(node: Any, pods_image: str) -> dict[str, str]:
+    """The example beat's images (PostgreSQL, Redis, the app; example_images.py) in the node's
+    containerd, besides the sidecar's. Their builds started with the first node test's image."""
+    address = getattr(node, "containerd_socket", None) or image.default_containerd_address()
+    try:
+        return example_images.load(str(address), wait=lambda: example_images.start_builds().result())
+    except image.ImageError as error:
+        pytest.fail(f"the example beat's images could not be built or loaded: {error}", pytrace=False)
 
 
 @pytest.fixture(scope="module")

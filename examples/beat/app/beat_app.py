@@ -180,6 +180,7 @@ class Beat:
         # failed since (a sidecar restarted under the same term, a database hiccup).
         self._caught_up_token: int | None = None
         self._runs_lost = True
+        self._refused_token: int | None = None  # a term whose write was refused: it is over
         self._catch_up_lock = threading.Lock()
         self._catch_up_pool = ThreadPoolExecutor(max_workers=CATCH_UP_WORKERS, thread_name_prefix="catch-up")
 
@@ -229,11 +230,11 @@ class Beat:
                         return True  # claimed before (a predecessor, or our catch-up): it ran once
                     time.sleep(self.settings.work_s)  # the job's work, inside its claim's transaction
                     conn.execute(INSERT_EFFECT, (job, scheduled_at, token, pod, mode))
+        except fence_pg.StaleToken:  # before TermEnded, its base class
+            self.refused(job, scheduled_at, token, "stale_token")
+            return False
         except TermEnded:
             self.refused(job, scheduled_at, token, "term_ended")
-            return False
-        except fence_pg.StaleToken:
-            self.refused(job, scheduled_at, token, "stale_token")
             return False
         except psycopg.OperationalError as error:
             self.connections.drop()
@@ -246,6 +247,7 @@ class Beat:
         return True
 
     def refused(self, job: str, scheduled_at: datetime, token: int | None, reason: str) -> None:
+        self._refused_token = token
         print(f"REFUSED {job} tick {scheduled_at:%H:%M:%S} token {token}: {reason}", flush=True)
         try:
             conn = self.connections.get()
@@ -273,7 +275,9 @@ class Beat:
                 return
 
             def run_missed(job: str, scheduled_at: datetime) -> None:
-                if term.is_valid() and self.write_effect(job, scheduled_at, term.fencing_token, term):
+                if self._refused_token == term.fencing_token or not term.is_valid():
+                    return  # the term is over: the next leader catches these up
+                if self.write_effect(job, scheduled_at, term.fencing_token, term):
                     print(f"caught up {job} tick {scheduled_at:%H:%M:%S}", flush=True)
 
             # Side by side: a minute of missed ticks must not take a minute of work to catch up.
@@ -330,7 +334,7 @@ def tick_executor_class() -> type:
                     if job.misfire_grace_time is not None and late_s > job.misfire_grace_time:
                         events.append(JobExecutionEvent(EVENT_JOB_MISSED, job.id, job._jobstore_alias, run_time))
                         continue
-                    job.func(*job.args, scheduled_at=run_time.astimezone(UTC), **job.kwargs)
+                    job.func(*job.args, **{**job.kwargs, "scheduled_at": run_time.astimezone(UTC)})
                     events.append(JobExecutionEvent(EVENT_JOB_EXECUTED, job.id, job._jobstore_alias, run_time))
                 return events
 
@@ -360,10 +364,11 @@ def run_apscheduler(settings: Settings) -> int:
     for job in settings.jobs:
         # A run that cannot start within one interval is left to the ledger's catch-up.
         scheduler.add_job(beat.run, IntervalTrigger(seconds=settings.interval_s, start_date=settings.anchor),
-                          args=(job,), id=job, max_instances=8, coalesce=False,
+                          args=(job,), kwargs={"scheduled_at": None}, id=job, max_instances=8, coalesce=False,
                           misfire_grace_time=max(1, int(settings.interval_s)))
     scheduler.add_job(lambda scheduled_at: beat.heartbeat(), IntervalTrigger(seconds=settings.heartbeat_s),
-                      id="heartbeat", max_instances=1, coalesce=True, misfire_grace_time=1)
+                      kwargs={"scheduled_at": None}, id="heartbeat", max_instances=1, coalesce=True,
+                      misfire_grace_time=1)
     stopping = threading.Event()
 
     def stop(signum: int, frame: object) -> None:
