@@ -15,15 +15,20 @@ roll back.
 from __future__ import annotations
 
 import contextlib
-import math
 from collections.abc import AsyncIterator, Iterator
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import psycopg
 
-from . import sql_path
-from ._term import StaleToken, Term, TermEnded
+from ._fence import (
+    INSTALL_LOCK_KEY,
+    STALE_TOKEN_SQLSTATE,
+    idle_timeout_ms,
+    scope_and_token,
+    sql_text,
+)
+from ._term import StaleToken, Term
 
 if TYPE_CHECKING:
     from .ticks import Schedule
@@ -33,42 +38,6 @@ __all__ = [
     "ainstall", "alast_tick", "aunfinished_ticks", "claim_tick", "fence", "fenced_transaction", "finish_tick",
     "idle_timeout_ms", "install", "last_tick", "missed_ticks", "unfinished_ticks",
 ]
-
-STALE_TOKEN_SQLSTATE = "LF001"
-INSTALL_LOCK_KEY = 0x1EA5E_FE4CE  # one installer at a time (CREATE ... IF NOT EXISTS races otherwise)
-MIN_IDLE_TIMEOUT_MS = 1  # 0 would switch the timeout off
-IDLE_TIMEOUT_SHARE = 0.9
-"""Of the term's remaining time, the share a fenced transaction may sit idle: below the TTL, so the
-server kills a paused writer's transaction before the next term could have started writing."""
-
-
-def sql_text() -> str:
-    with open(sql_path(), encoding="utf-8") as file:
-        return file.read()
-
-
-def scope_and_token(term: Term | int, scope: str | None) -> tuple[str, int]:
-    if isinstance(term, Term):
-        return (scope or term.lease), term.fencing_token
-    if scope is None:
-        raise ValueError("scope: required with a bare token (the lease 'namespace/name' that issued it)")
-    return scope, int(term)
-
-
-def idle_timeout_ms(term: Term | int, idle_timeout_s: float | None = None) -> int:
-    """The idle_in_transaction_session_timeout of a fenced transaction: `idle_timeout_s` if given,
-    else `IDLE_TIMEOUT_SHARE` of the term's remaining time. TermEnded if the term has no time left."""
-    if idle_timeout_s is None:
-        if not isinstance(term, Term):
-            raise ValueError("idle_timeout_s: required with a bare token (no term to take it from)")
-        left = term.remaining_s()
-        if left <= 0:
-            raise TermEnded("deadline reached")
-        idle_timeout_s = left * IDLE_TIMEOUT_SHARE
-    if not idle_timeout_s > 0 or not math.isfinite(idle_timeout_s):
-        raise ValueError(f"idle_timeout_s: must be a finite number > 0, not {idle_timeout_s!r}")
-    return max(MIN_IDLE_TIMEOUT_MS, math.floor(idle_timeout_s * 1000))
-
 
 @contextlib.contextmanager
 def _stale_token_as_exception() -> Iterator[None]:

@@ -1,0 +1,141 @@
+"""The fence and the tick ledger from SQLAlchemy 2 (extra `sqlalchemy`) on PostgreSQL, for a
+Connection or a Session (and AsyncConnection / AsyncSession, prefixed `a`).
+
+    from lease_sidecar_client import current_term
+    from lease_sidecar_client import sqlalchemy as lease_sa
+
+    lease_sa.install(engine)
+    with Session(engine) as session, lease_sa.fenced_transaction(session, current_term()):
+        session.add(Report(...))                      # committed only if the token is not stale
+
+Same SQL and guarantee as `lease_sidecar_client.psycopg`; StaleToken for SQLSTATE LF001, whatever
+the driver (psycopg 3, psycopg2, asyncpg).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Iterator
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy
+from sqlalchemy import exc, text
+
+from ._fence import INSTALL_LOCK_KEY, STALE_TOKEN_SQLSTATE, idle_timeout_ms, scope_and_token, sql_text
+from ._term import StaleToken, Term
+
+__all__ = ["StaleToken", "aclaim_tick", "afence", "afenced_transaction", "afinish_tick", "claim_tick", "fence",
+           "fenced_transaction", "finish_tick", "install", "last_tick"]
+
+Executor = Any  # sqlalchemy Connection or orm Session (both have .execute and .begin)
+
+
+def _sqlstate(error: BaseException) -> str | None:
+    original = getattr(error, "orig", None)
+    for name in ("sqlstate", "pgcode"):
+        state = getattr(original, name, None)
+        if isinstance(state, str):
+            return state
+    return STALE_TOKEN_SQLSTATE if original is not None and STALE_TOKEN_SQLSTATE in str(original) else None
+
+
+@contextlib.contextmanager
+def _stale_token_as_exception() -> Iterator[None]:
+    try:
+        yield
+    except exc.DBAPIError as error:
+        if _sqlstate(error) == STALE_TOKEN_SQLSTATE:
+            raise StaleToken(str(error.orig).strip()) from error
+        raise
+
+
+def install(engine: sqlalchemy.Engine) -> None:
+    """Runs sql/lease_fence.sql through the driver's own cursor (it holds `%` that a parameter
+    style would misread), under an advisory lock (one installer at a time)."""
+    with engine.connect() as conn:
+        raw = conn.connection.dbapi_connection
+        assert raw is not None
+        cursor = raw.cursor()
+        try:
+            cursor.execute(f"SELECT pg_advisory_xact_lock({INSTALL_LOCK_KEY:d})")
+            cursor.execute(sql_text())
+            raw.commit()
+        finally:
+            cursor.close()
+
+
+def fence(executor: Executor, term: Term | int, scope: str | None = None) -> int:
+    scope, token = scope_and_token(term, scope)
+    with _stale_token_as_exception():
+        executor.execute(text("SELECT lease_fence(:scope, :token)"), {"scope": scope, "token": token})
+    return token
+
+
+def claim_tick(executor: Executor, term: Term | int, job: str, scheduled_at: datetime,
+               scope: str | None = None) -> bool:
+    scope, token = scope_and_token(term, scope)
+    with _stale_token_as_exception():
+        return bool(executor.execute(text("SELECT lease_claim_tick(:scope, :job, :at, :token)"),
+                                     {"scope": scope, "job": job, "at": scheduled_at, "token": token}).scalar())
+
+
+def finish_tick(executor: Executor, term: Term | int, job: str, scheduled_at: datetime,
+                scope: str | None = None) -> bool:
+    scope, token = scope_and_token(term, scope)
+    return bool(executor.execute(text("SELECT lease_finish_tick(:scope, :job, :at, :token)"),
+                                 {"scope": scope, "job": job, "at": scheduled_at, "token": token}).scalar())
+
+
+def last_tick(executor: Executor, scope: str, job: str) -> datetime | None:
+    return executor.execute(text("SELECT max(scheduled_at) FROM lease_tick_ledger WHERE scope = :scope AND job = :job"),
+                            {"scope": scope, "job": job}).scalar()
+
+
+@contextlib.contextmanager
+def fenced_transaction(executor: Executor, term: Term | int, scope: str | None = None,
+                       idle_timeout_s: float | None = None) -> Iterator[Executor]:
+    """`executor.begin()`, then SET LOCAL idle_in_transaction_session_timeout below the term's
+    remaining time (or `idle_timeout_s`), then the fence; commits at the end of the block."""
+    timeout_ms = idle_timeout_ms(term, idle_timeout_s)
+    with executor.begin():
+        executor.execute(text(f"SET LOCAL idle_in_transaction_session_timeout = {timeout_ms:d}"))
+        fence(executor, term, scope)
+        yield executor
+
+
+# ---------------------------------------------------------------- asyncio (AsyncConnection / AsyncSession)
+
+
+async def afence(executor: Executor, term: Term | int, scope: str | None = None) -> int:
+    scope, token = scope_and_token(term, scope)
+    with _stale_token_as_exception():
+        await executor.execute(text("SELECT lease_fence(:scope, :token)"), {"scope": scope, "token": token})
+    return token
+
+
+async def aclaim_tick(executor: Executor, term: Term | int, job: str, scheduled_at: datetime,
+                      scope: str | None = None) -> bool:
+    scope, token = scope_and_token(term, scope)
+    with _stale_token_as_exception():
+        result = await executor.execute(text("SELECT lease_claim_tick(:scope, :job, :at, :token)"),
+                                        {"scope": scope, "job": job, "at": scheduled_at, "token": token})
+    return bool(result.scalar())
+
+
+async def afinish_tick(executor: Executor, term: Term | int, job: str, scheduled_at: datetime,
+                       scope: str | None = None) -> bool:
+    scope, token = scope_and_token(term, scope)
+    result = await executor.execute(text("SELECT lease_finish_tick(:scope, :job, :at, :token)"),
+                                    {"scope": scope, "job": job, "at": scheduled_at, "token": token})
+    return bool(result.scalar())
+
+
+@contextlib.asynccontextmanager
+async def afenced_transaction(executor: Executor, term: Term | int, scope: str | None = None,
+                              idle_timeout_s: float | None = None) -> AsyncIterator[Executor]:
+    timeout_ms = idle_timeout_ms(term, idle_timeout_s)
+    async with executor.begin():
+        await executor.execute(text(f"SET LOCAL idle_in_transaction_session_timeout = {timeout_ms:d}"))
+        await afence(executor, term, scope)
+        yield executor
