@@ -1,0 +1,126 @@
+"""Pairs of (sidecar, scheduler app) on the shared control plane, and the effect table's verdicts,
+for the APScheduler and Celery beat integration tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from tests.cluster import sidecars
+
+ROOT = Path(__file__).resolve().parents[2]
+APP_HEARTBEAT_TTL = ("--app-heartbeat-ttl", "3")
+
+
+@dataclass
+class Instance:
+    """One replica: its sidecar and its app (what a pod holds)."""
+
+    name: str
+    sidecar: sidecars.Sidecar
+    app: subprocess.Popen[bytes]
+    app_log: Path
+    extra: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    def processes(self) -> list[subprocess.Popen[bytes]]:
+        return [self.app, *self.extra, self.sidecar.process]
+
+    def signal_all(self, sig: int) -> None:
+        """The app (and what it started: its own process group) and the sidecar."""
+        for process in [self.app, *self.extra]:
+            if process.poll() is None:
+                try:
+                    os.killpg(process.pid, sig)
+                except ProcessLookupError:
+                    pass
+        if self.sidecar.process.poll() is None:
+            self.sidecar.process.send_signal(sig)
+
+    def kill(self) -> None:
+        self.signal_all(signal.SIGKILL)
+        for process in self.processes():
+            process.wait(10)
+
+    def leads(self) -> bool:
+        body = self.sidecar.leader()
+        return bool(body and body.get("is_leader"))
+
+    def token(self) -> int | None:
+        body = self.sidecar.leader()
+        return body.get("fencing_token") if body and body.get("is_leader") else None
+
+
+def start_app(argv: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    log.parent.mkdir(parents=True, exist_ok=True)
+    return subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=open(log, "wb"),
+                            env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}, start_new_session=True)
+
+
+def start_sidecar(name: str, lease: str, namespace: str, workdir: Path, kubeconfig: Path) -> sidecars.Sidecar:
+    """A sidecar that leads only while its app heartbeats (it is not Ready before: wait for its API)."""
+    sidecar = sidecars.start(name, lease, namespace, workdir, *APP_HEARTBEAT_TTL, kubeconfig=kubeconfig,
+                             wait_ready=False)
+    sidecars.wait_for(lambda: sidecar.leader() is not None or not sidecar.alive(), timeout=20)
+    if not sidecar.alive():
+        raise AssertionError(f"{name} exited: {sidecar.logs()[-2000:]}")
+    return sidecar
+
+
+def apscheduler_argv(sidecar: sidecars.Sidecar, dsn: str, run: str, name: str, jobs: int = 3) -> list[str]:
+    return [sys.executable, "-m", "tests.beat_apps", "apscheduler", "--sidecar", sidecar.url, "--dsn", dsn,
+            "--run", run, "--name", name, "--jobs", str(jobs)]
+
+
+def effects(dsn: str, run: str) -> list[tuple[str, datetime, datetime, str, int | None]]:
+    """(job, tick, executed_at, executor, token) of a run, in execution order."""
+    with psycopg.connect(dsn) as conn:
+        return conn.execute("SELECT job, tick, executed_at, executor, token FROM beat_effects WHERE run = %s"
+                            " ORDER BY executed_at", (run,)).fetchall()
+
+
+def wait_for_rows(dsn: str, run: str, predicate: Any, timeout_s: float) -> list[Any]:
+    deadline = time.monotonic() + timeout_s
+    rows: list[Any] = []
+    while time.monotonic() < deadline:
+        rows = effects(dsn, run)
+        if predicate(rows):
+            return rows
+        time.sleep(0.2)
+    raise AssertionError(f"effects of {run} never met the condition within {timeout_s}s; last rows: {rows[-10:]}")
+
+
+def duplicates(rows: list[Any]) -> dict[tuple[str, datetime], int]:
+    counts = Counter((job, tick) for job, tick, *_ in rows)
+    return {key: count for key, count in counts.items() if count > 1}
+
+
+def missing(rows: list[Any], every_s: float = 1.0) -> dict[str, list[datetime]]:
+    """Per job, the ticks between its first and last execution that never ran."""
+    result: dict[str, list[datetime]] = {}
+    for job in sorted({row[0] for row in rows}):
+        ticks = sorted({row[1] for row in rows if row[0] == job})
+        expected, moment = [], ticks[0]
+        while moment <= ticks[-1]:
+            expected.append(moment)
+            moment += timedelta(seconds=every_s)
+        gaps = sorted(set(expected) - set(ticks))
+        if gaps:
+            result[job] = gaps
+    return result
+
+
+def executors_by_token(rows: list[Any]) -> dict[int, set[str]]:
+    result: dict[int, set[str]] = {}
+    for _job, _tick, _at, executor, token in rows:
+        result.setdefault(token, set()).add(executor)
+    return result

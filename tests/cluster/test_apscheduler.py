@@ -1,0 +1,91 @@
+"""APScheduler 3.11 led by real sidecars on the control plane, its ticks claimed in a real PostgreSQL
+(lease_sidecar_client.apscheduler): jobs run only on the leader, each tick once across a SIGKILL of
+the leading app and sidecar and a resign, the ticks missed meanwhile caught up from the ledger,
+the term's token visible to the job. Executions are counted from `beat_effects`, a table with no
+uniqueness of its own (tests/beat_apps.py)."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+from tests.cluster import beat_helpers as beat
+from tests.cluster.sidecars import wait_for
+
+JOBS = 3
+
+
+def start_instance(name: str, lease: str, namespace: str, tmp_path: Path, kubeconfig: Path, dsn: str,
+                   run: str) -> beat.Instance:
+    sidecar = beat.start_sidecar(name, lease, namespace, tmp_path, kubeconfig)
+    log = tmp_path / name / "app.log"
+    app = beat.start_app(beat.apscheduler_argv(sidecar, dsn, run, name, JOBS), log)
+    return beat.Instance(name, sidecar, app, log)
+
+
+def leader_of(instances: list[beat.Instance]) -> beat.Instance:
+    leading = [instance for instance in instances if instance.sidecar.alive() and instance.leads()]
+    assert len(leading) == 1, [instance.name for instance in leading]
+    return leading[0]
+
+
+def test_each_tick_once_across_sigkill_and_resign(namespace: str, kubeconfig: Path, postgres_dsn: str,
+                                                  tmp_path: Path) -> None:
+    run, lease = f"aps-{uuid.uuid4().hex[:8]}", "beat-apscheduler"
+    instances = [start_instance(name, lease, namespace, tmp_path, kubeconfig, postgres_dsn, run)
+                 for name in ("alpha", "bravo")]
+    try:
+        wait_for(lambda: any(i.leads() for i in instances), timeout=30, interval=0.1)
+        beat.wait_for_rows(postgres_dsn, run, lambda rows: len({r[1] for r in rows}) >= 3, timeout_s=30)
+        first = leader_of(instances)
+
+        # A crash of the leading pod: app and sidecar SIGKILLed together.
+        first.kill()
+        instances.append(start_instance("charlie", lease, namespace, tmp_path, kubeconfig, postgres_dsn, run))
+        rows = beat.wait_for_rows(postgres_dsn, run, lambda rows: any(r[3] != first.name for r in rows[-JOBS:]),
+                                  timeout_s=40)
+        second = leader_of(instances)
+        assert second is not first
+        beat.wait_for_rows(postgres_dsn, run, lambda rows: sum(r[3] == second.name for r in rows) >= 3 * JOBS,
+                           timeout_s=30)
+
+        # A resign: the leader gives its term up, the other candidate leads and catches up.
+        status, _ = second.sidecar.post("/leader/resign?sit_out=30")
+        assert status == 200
+        beat.wait_for_rows(postgres_dsn, run, lambda rows: sum(
+            r[3] not in (first.name, second.name) for r in rows) >= 3 * JOBS, timeout_s=40)
+        third = leader_of(instances)
+        assert third not in (first, second)
+    finally:
+        logs = {i.name: i.app_log.read_text(errors="replace")[-3000:] for i in instances}
+        for instance in instances:
+            instance.kill()
+
+    rows = beat.effects(postgres_dsn, run)
+    assert not beat.duplicates(rows), f"ticks run twice: {beat.duplicates(rows)}"
+    # Every tick from the first to the last ran: those missed during the failovers were caught up.
+    assert not beat.missing(rows), f"ticks never run: {beat.missing(rows)}\n{logs}"
+    # The job saw its term's token, and a token belongs to one leader.
+    by_token = beat.executors_by_token(rows)
+    assert None not in by_token
+    assert all(len(names) == 1 for names in by_token.values()), by_token
+    order = [token for token in sorted(by_token)]
+    assert [next(iter(by_token[t])) for t in order] == [first.name, second.name, third.name], by_token
+
+
+def test_jobs_run_only_on_the_leader(namespace: str, kubeconfig: Path, postgres_dsn: str, tmp_path: Path) -> None:
+    """Three replicas for a while: every execution comes from the one that leads, with its token."""
+    run, lease = f"aps-{uuid.uuid4().hex[:8]}", "beat-apscheduler-only"
+    instances = [start_instance(name, lease, namespace, tmp_path, kubeconfig, postgres_dsn, run)
+                 for name in ("alpha", "bravo", "charlie")]
+    try:
+        wait_for(lambda: any(i.leads() for i in instances), timeout=30, interval=0.1)
+        leader = leader_of(instances)
+        token = leader.token()
+        rows = beat.wait_for_rows(postgres_dsn, run, lambda rows: len({r[1] for r in rows}) >= 5, timeout_s=30)
+    finally:
+        for instance in instances:
+            instance.kill()
+    assert {row[3] for row in rows} == {leader.name}
+    assert {row[4] for row in rows} == {token}
+    assert not beat.duplicates(rows)
