@@ -403,6 +403,18 @@ def main(argv: list[str]) -> int:
         return 2
     if command == "apscheduler":
         return run_apscheduler(settings)
+    if command in ("celery-beat", "celery-worker"):
+        # Celery as PID 1 (exec): its own SIGTERM handling stops beat (LeaderScheduler resigns) or
+        # lets the worker finish its tasks. Files go to /tmp: the root file system is read-only.
+        wait_for_database().close()
+        celery = ["celery", "--app", "beat_celery", "--workdir", "/tmp"]
+        if command == "celery-beat":
+            argv = [*celery, "beat", "--scheduler", "lease_sidecar_client.celery.LeaderScheduler",
+                    "--pidfile=", "--schedule", "/tmp/celerybeat-schedule", "--loglevel", "INFO"]
+        else:
+            argv = [*celery, "worker", "--pool", "threads", "--concurrency", str(2 * len(settings.jobs)),
+                    "--loglevel", "INFO", "--without-gossip", "--without-mingle"]
+        os.execvp(argv[0], argv)
     print(f"beat_app: unknown command {command!r}: apscheduler, celery-beat or celery-worker", file=sys.stderr)
     return 2
 
