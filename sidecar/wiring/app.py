@@ -44,6 +44,7 @@ from sidecar.wiring.leader_parts import (
     handover_requester,
     own_revision,
 )
+from sidecar.wiring.lock_parts import LockParts, build_lock_parts
 from sidecar.wiring.settings import IN_CLUSTER_DIR, RunSettings
 from sidecar.wiring.stop_signals import StopSignals
 
@@ -134,6 +135,7 @@ class Parts:
     leader_parts: LeaderParts
     heartbeat: BeatHeartbeat
     app_side: AppSide
+    lock_parts: LockParts | None = None
 
 
 async def run(settings: RunSettings, namespace: str, identity: str, config: Any,
@@ -204,8 +206,10 @@ async def assemble(settings: RunSettings, namespace: str, identity: str, config:
     if app_side.members is not None:
         board.subscribe(SuccessorView(elector, clock, app_side.members.table.rows,
                                       app_gated=settings.app_heartbeat_ttl is not None).on_snapshot)
+    lock_parts = build_lock_parts(settings, api_client, namespace, identity, clock, liveness, registry,
+                                  metrics.observe_request)
     return Parts(elector, liveness, clock, metrics, registry, board, role_files, api_client, leader_parts,
-                 heartbeat, app_side)
+                 heartbeat, app_side, lock_parts)
 
 
 async def start_servers(settings: RunSettings, parts: Parts, alive: Callable[[], bool]) -> list[Any]:
@@ -232,6 +236,8 @@ async def start_servers(settings: RunSettings, parts: Parts, alive: Callable[[],
     local_app = http_api.build_app(parts.board, alive, parts.app_side.controls)
     handover_api.install(local_app, handover_requester(parts.elector, parts.clock, parts.board,
                                                        parts.heartbeat.wake, parts.leader_parts))
+    if parts.lock_parts is not None:
+        parts.lock_parts.install_routes(local_app)
     runners = [await http_api.start_site(local_app, settings.http_address, "--http-address")]
     if settings.metrics_address:
         metrics_app = metrics_http.build_app(parts.registry, alive, ready)
@@ -248,6 +254,7 @@ def named_loops(parts: Parts) -> dict[str, Coroutine[Any, Any, None]]:
         "loop_lag": LoopLagMonitor(parts.metrics.observe_loop_lag).run(),
         **parts.app_side.loops(),
         **{name: loop() for name, loop in parts.leader_parts.loops.items()},
+        **(parts.lock_parts.loops() if parts.lock_parts is not None else {}),
     }
 
 
@@ -291,7 +298,10 @@ async def _shut_down(parts: Parts, tasks: dict[str, asyncio.Task[None]], runners
     if app_side.members is not None:
         app_side.members.begin_terminating()  # written beside the release: no leader names this pod now
     try:
-        await asyncio.wait_for(_release(heartbeat, tasks.get("elect")), SHUTDOWN_GRACE_S)
+        # Keyed locks and the election are released side by side, within the same grace.
+        await asyncio.wait_for(asyncio.gather(_release(heartbeat, tasks.get("elect")), *(
+            [parts.lock_parts.shut_down(SHUTDOWN_GRACE_S)] if parts.lock_parts is not None else [])),
+            SHUTDOWN_GRACE_S)
     except TimeoutError:
         log.error("release did not finish in time; the lease will expire by itself",
                   extra={"event": "release_timeout"})

@@ -28,7 +28,8 @@ _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9
 _ZERO = re.compile(r"(0+(\.0*)?|\.0+)(ms|s|m|h)?")
 _DNS_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 _DURATIONS = ("leader_lease_ttl", "leader_renewal_interval", "leader_renew_deadline", "heartbeat_interval",
-              "heartbeat_ttl", "failover_timeout", "api_timeout", "app_heartbeat_ttl")
+              "heartbeat_ttl", "failover_timeout", "api_timeout", "app_heartbeat_ttl", "lock_max_ttl",
+              "lock_gc_after")
 
 
 class RunSettings(BaseSettings):
@@ -82,6 +83,16 @@ class RunSettings(BaseSettings):
                                                        "leader|standby: a hint, stale after a crash.")
     events: bool = Field(default=False, description="Record events.k8s.io/v1 Events on the Lease (became "
                                                     "leader, lost, released, hand-over requested), rate-limited.")
+    locks: bool = Field(default=False, description="Keyed locks for the app on the local API: POST/PUT/DELETE/GET "
+                        "/locks/{key} (docs/locks.md), each key a Lease named from --lock-prefix.")
+    lock_prefix: str = Field(default="", description="Start of every lock Lease's name. Default: <lease-name>-lock-.")
+    lock_max_ttl: float = Field(default=30.0, description="Longest lock ttl (whole seconds): written as every lock "
+                                "Lease's duration; others wait this long for a lock whose pod died.")
+    lock_max_keys: int = Field(default=100, description="Keys this pod may hold or be acquiring at once (429 beyond).")
+    lock_rate: float = Field(default=50.0, description="Lock requests per second per pod, on average (429 with "
+                             "Retry-After beyond; bursts of twice as many).")
+    lock_gc_after: float = Field(default=600.0, description="Delete a lock Lease that has shown a release this long "
+                                 "(its tokens never go back: docs/locks.md).")
 
     @field_validator(*_DURATIONS, mode="before")
     @classmethod
@@ -199,6 +210,9 @@ def load_settings(args: argparse.Namespace) -> tuple[RunSettings, ElectionConfig
 
     check_probe_ttl(settings.app_heartbeat_ttl, settings.heartbeat_interval, settings.app_health_url)
     check_routing(settings)
+    from sidecar.wiring.lock_parts import check_lock_settings  # here: aiohttp only for `run`
+
+    check_lock_settings(settings)
     if settings.metrics_address:
         split_address(settings.metrics_address, "--metrics-address")
     return settings, settings.election_config()
