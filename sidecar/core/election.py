@@ -16,12 +16,18 @@ Leader
 Candidate: fences. A *fence* is a local time before which some holder may still believe it leads.
 A candidate writes a new term only when every fence has passed. On each observed *change* of the
 record at local time t (the same record observed again changes nothing):
-* F1 holder seen. A record naming holder H (identity and token): H's fence >= t + its
-  leaseDurationSeconds.
+* C credit. The duration a holder H (identity and token) is credited with is the longest
+  leaseDurationSeconds this process has seen H's records carry, and never less than our own
+  lease TTL. A record's duration may be a hand edit (`kubectl patch`: shortened to 1 s, or
+  removed, which reads as unknown, never as 0) that a candidate sees before, or instead of, H's
+  own record: a new pod, a restarted sidecar, a watch that relisted. So a holder never seen
+  before is fenced for at least our own `--leader-lease-ttl` from its first sight, and an edit
+  can lengthen a holder's fence but never shorten it.
+* F1 holder seen. A record naming holder H: H's fence >= t + H's credit.
 * F2 holder removed. H's record deleted, emptied (not by H's release), or changed in place (same
-  holder and token, e.g. another leaseDurationSeconds): H's fence >= t + the duration H's record
-  had. H may not have seen the change (paused, cut off), so it leads on until its own deadline.
-  With F1, a shrunk leaseDurationSeconds is judged against the larger of the old and the new.
+  holder and token, e.g. another leaseDurationSeconds): H's fence >= t + H's credit. H may not
+  have seen the change (paused, cut off), so it leads on until its own deadline. With F1 and C,
+  a changed leaseDurationSeconds is judged against the largest of the old, the new and our TTL.
   H's record replaced by *another holder's* leaves H's fence as it was: that holder won a
   compare-and-swap after H expired or released by its own fences.
 * F3 no history. No Lease at all (at start-up or after a deletion), or an empty holder that is
@@ -57,10 +63,12 @@ Hand-over (core/succession.py)
 Safety argument. Take any holder H (duration d, deadline D < d) and its last successful write W,
 started at s: H leads until at most s + D. Any state a candidate C observes after W (W's record,
 a later change, the Lease's absence) exists only after W started, so C observes it at t > s.
-- C saw W: F1 fences H until t + d > s + D.
+- C saw W: F1 fences H until t + d > s + D (C credits H at least d, the duration W carries).
 - C saw a later change H did not make (deletion, emptying, shrink): F2 fences H until t + d
-  (d from the last H record C saw; H writes the same duration on every renewal). If another
-  holder Q took over, Q passed its own fences for H first (by induction, below).
+  (C credits H with the longest duration it saw H with; H writes the same duration on every
+  renewal). If another holder Q took over, Q passed its own fences for H first (by induction).
+- C's first view of H's term is a record edited by hand (duration shortened or removed): F1 with
+  C fences H until t + C's TTL, which covers H if d <= C's TTL (as for F3 below).
 - C never saw H (it started later, or its watch relisted across H's whole term) and finds the
   Lease gone or emptied: F3 fences until t + C's TTL, which covers H if d <= C's TTL. If it finds
   another holder's record instead, that holder acquired it by compare-and-swap after passing its
@@ -173,6 +181,9 @@ class TermEnd:
 HolderKey = tuple[str, int | None]
 """A holder as the record names it: identity and fencing token (None for client-go holders)."""
 
+_CREDITED_HOLDERS_KEPT = 16
+"""Rule C remembers this many holders; one forgotten is credited our TTL again, which is safe."""
+
 UNSEEN_HOLDER = None
 """The fence key of F3: a holder this process never observed."""
 
@@ -211,6 +222,8 @@ class Elector:
         self._observed: Versioned | None = None
         self._observed_ever = False
         self._observed_changed_mono = 0.0
+        self._credited_s: dict[HolderKey, float] = {}
+        """Per holder, the duration it is credited with (rule C), for the last few holders."""
         self._fences: dict[HolderKey | None, tuple[float, str]] = {}
         """Per holder, (until_mono, why): rules F1-F3 in the module docstring."""
         self._last_observation: Moment | None = None
@@ -429,16 +442,16 @@ class Elector:
             if released:
                 self._fences.pop(key, None)  # R: the holder stepped down before writing this
             elif after is None or after.holder == "":
-                self._raise_fence(key, now.mono + before.duration_s,
+                self._raise_fence(key, now.mono + self._credit(before),
                                   f"{before.holder} may not have seen its record go and may lead until then")  # F2
             elif _holder_key(after) == key:
-                self._raise_fence(key, now.mono + before.duration_s, f"held by {before.holder}")  # F2, in place
+                self._raise_fence(key, now.mono + self._credit(before), f"held by {before.holder}")  # F2, in place
             # Another holder's record: it won a compare-and-swap after H expired or released in its
             # own view; H's fence stays as F1 set it. (Extending it would delay every hand-over
             # that follows a failover by up to a lease duration.)
         if after is not None and after.holder:
             if not self._holds(after):
-                self._raise_fence(_holder_key(after), now.mono + after.duration_s,
+                self._raise_fence(_holder_key(after), now.mono + self._credit(after),
                                   f"held by {after.holder}")  # F1
                 if after.fencing_token is not None and after.fencing_token > highest_before:
                     self._fences.pop(UNSEEN_HOLDER, None)  # F3 ends: that holder's own fences covered it
@@ -446,6 +459,18 @@ class Elector:
             why = ("no lease: a holder that did not see it go may still lead" if after is None else
                    "holder cleared without a release: a holder that did not see it may still lead")
             self._raise_fence(UNSEEN_HOLDER, now.mono + self.config.lease_ttl_s, why)  # F3
+
+    def _credit(self, record: LeaseRecord) -> float:
+        """Rule C: how long the holder `record` names may lead after a change of it is observed.
+        The longest leaseDurationSeconds this process has seen that holder (identity and token)
+        with, and never less than our own lease TTL: the record may have been edited by hand
+        (shortened, the field removed) before we ever saw the holder's own."""
+        key = _holder_key(record)
+        credited = max(self._credited_s.pop(key, self.config.lease_ttl_s), float(record.duration_s or 0))
+        self._credited_s[key] = credited  # most recent last
+        while len(self._credited_s) > _CREDITED_HOLDERS_KEPT:
+            del self._credited_s[next(iter(self._credited_s))]
+        return credited
 
     def _holds(self, record: LeaseRecord) -> bool:
         return record.holder == self.identity and self._held_token is not None \

@@ -50,8 +50,10 @@ class LeaseRecord:
 
     holder: str = ""
     """`holderIdentity`; empty means free (released or never held)."""
-    duration_s: int = 0
-    """`leaseDurationSeconds`: how long, after a reader *observes* a change, the holder keeps it."""
+    duration_s: int | None = None
+    """`leaseDurationSeconds`: how long, after a reader *observes* a change, the holder keeps it.
+    None when the field is missing (or not a positive integer): unknown, never "zero seconds" (a
+    hand edit may remove it; the Elector then counts its own lease TTL)."""
     acquire_time: datetime | None = None
     renew_time: datetime | None = None
     transitions: int = 0
@@ -87,10 +89,10 @@ class LeaseRecord:
         annotations = (lease.get("metadata") or {}).get("annotations") or {}
         return cls(
             holder=spec.get("holderIdentity") if isinstance(spec.get("holderIdentity"), str) else "",
-            duration_s=_non_negative_int(spec.get("leaseDurationSeconds")),
+            duration_s=_positive_int(spec.get("leaseDurationSeconds")) or None,
             acquire_time=parse_microtime(spec.get("acquireTime")),
             renew_time=parse_microtime(spec.get("renewTime")),
-            transitions=_non_negative_int(spec.get("leaseTransitions")),
+            transitions=_positive_int(spec.get("leaseTransitions")),
             fencing_token=_optional_int(annotations.get(FENCING_ANNOTATION)),
             successor=_text(annotations.get(SUCCESSOR_ANNOTATION)),
             handover_to=_text(annotations.get(HANDOVER_ANNOTATION)),
@@ -99,11 +101,10 @@ class LeaseRecord:
         )
 
     def to_spec(self) -> dict[str, Any]:
-        spec: dict[str, Any] = {
-            "holderIdentity": self.holder,
-            "leaseDurationSeconds": self.duration_s,
-            "leaseTransitions": self.transitions,
-        }
+        spec: dict[str, Any] = {"holderIdentity": self.holder}
+        if self.duration_s is not None:
+            spec["leaseDurationSeconds"] = self.duration_s
+        spec["leaseTransitions"] = self.transitions
         if self.acquire_time is not None:
             spec["acquireTime"] = format_microtime(self.acquire_time)
         if self.renew_time is not None:
@@ -120,7 +121,8 @@ class LeaseRecord:
         return {key: value for key, value in found.items() if value}
 
 
-def _non_negative_int(value: object) -> int:
+def _positive_int(value: object) -> int:
+    """The value if a positive integer, else 0."""
     return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
 
 

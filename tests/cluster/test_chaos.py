@@ -1,5 +1,7 @@
 """Chaos on a real lease: crashes, graceful stops, restarts under the same identity, API server
-outages, deletions of the Lease (also while its leader is frozen by SIGSTOP), and, since every
+outages, deletions of the Lease (also while its leader is frozen by SIGSTOP), hand edits of the
+Lease while its leader is frozen (leaseDurationSeconds shortened or removed, the holder emptied,
+with a candidate restarted meanwhile), and, since every
 candidate's leadership follows its app (--app-heartbeat-ttl, a process heartbeating as the app),
 the leader's app crashing (restarted a moment later, as a crash-looping container is), hanging
 (SIGSTOP) and resigning, in a seeded random order. Afterwards, every process's own account of its
@@ -9,6 +11,7 @@ must show claims that never overlap, with fencing tokens that grow in the order 
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -23,9 +26,15 @@ from tests.cluster.claims import claims_from_log, overlapping
 from tests.cluster.kube import kubectl
 
 CANDIDATES = 4
-DURATION_S = 50.0
+DURATION_S = 70.0
 ACTIONS = ("kill", "term", "outage", "restart", "restart", "delete", "freeze-delete", "app-crash", "app-hang",
-           "resign")
+           "resign", "edit-shrink", "edit-unset-duration", "edit-empty-holder")
+HAND_EDITS = {
+    "edit-shrink": {"spec": {"leaseDurationSeconds": 1}},
+    "edit-unset-duration": {"spec": {"leaseDurationSeconds": None}},
+    "edit-empty-holder": {"spec": {"holderIdentity": None}},
+}
+"""An operator's `kubectl patch` of the Lease, done while its leader is frozen (it cannot see it)."""
 APP_TTL = ("--app-heartbeat-ttl", "2")
 
 
@@ -87,6 +96,20 @@ def test_terms_never_overlap_under_chaos(namespace: str, tmp_path: Path, api_pat
                 try:
                     kubectl("delete", "lease", "chaos", "-n", namespace, check=False)
                     time.sleep(rng.uniform(0.5, 6.0))
+                finally:
+                    os.kill(frozen.process.pid, signal.SIGCONT)
+            elif choice in HAND_EDITS and leaders:
+                # Frozen, sometimes past its deadline; a candidate restarted meanwhile sees the
+                # edited record first (issue 17 item 1).
+                frozen = live[leaders[0]]
+                os.kill(frozen.process.pid, signal.SIGSTOP)
+                try:
+                    kubectl("patch", "lease", "chaos", "-n", namespace, "--type", "merge", "-p",
+                            json.dumps(HAND_EDITS[choice]), check=False)
+                    missing = [f"chaos-{i}" for i in range(CANDIDATES) if f"chaos-{i}" not in live]
+                    if missing:
+                        spawn(rng.choice(missing))
+                    time.sleep(rng.uniform(0.5, 4.0))
                 finally:
                     os.kill(frozen.process.pid, signal.SIGCONT)
             elif choice == "app-crash" and leaders:

@@ -222,3 +222,59 @@ def test_brand_new_election_elects_its_first_leader_one_lease_duration_after_loo
     fence = [json.loads(line) for line in fleet[0].logs().splitlines() if '"event": "fence"' in line]
     assert fence and "no lease" in fence[0]["reason"], fence
     print(f"brand-new election: first leader {took:.2f}s after spawn (lease {TTL_S:g}s)")
+
+
+EDIT_TIMING = ("--leader-lease-ttl", "8", "--leader-renewal-interval", "1", "--leader-renew-deadline", "7",
+               "--heartbeat-interval", "1", "--heartbeat-ttl", "3", "--failover-timeout", "12")
+"""A renew deadline close to the TTL: a cut-off leader leads up to 7 s after its last renewal."""
+
+HAND_EDITS = {
+    "shrink": {"spec": {"leaseDurationSeconds": 1}},
+    "unset-duration": {"spec": {"leaseDurationSeconds": None}},
+    "empty-holder": {"spec": {"holderIdentity": None}},
+}
+
+
+def hand_edit(namespace: str, lease: str, edit: str) -> None:
+    """`kubectl patch` as an operator would type it (a merge patch of the spec)."""
+    kubectl("patch", "lease", lease, "-n", namespace, "--type", "merge", "-p", json.dumps(HAND_EDITS[edit]))
+
+
+@pytest.mark.parametrize("edit", sorted(HAND_EDITS))
+def test_a_hand_edit_seen_first_by_a_fresh_candidate_never_makes_two_leaders(
+        edit: str, fleet: list[sidecars.Sidecar], namespace: str, tmp_path: Path,
+        cluster: localcluster.Paths) -> None:
+    """Issue 17 item 1: the leader is cut off, an operator shortens or removes leaseDurationSeconds
+    (or empties the holder), then a candidate that never saw the leader's own record starts. It
+    must wait at least its own TTL from its first sight of the holder, not the edited figure."""
+    # A Lease in release shape is taken at once by the first candidate (no brand-new-election wait).
+    now = "2026-01-01T00:00:00.000000Z"
+    kubectl("create", "-f", "-", "-n", namespace, stdin=json.dumps({
+        "apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": {"name": LEASE},
+        "spec": {"holderIdentity": "", "leaseDurationSeconds": 1, "acquireTime": now, "renewTime": now}}))
+    proxy = BlackHoleProxy()
+    proxy.start()
+    try:
+        kubeconfig = proxy.kubeconfig(cluster.kubeconfig, tmp_path / "old" / "kubeconfig")
+        old = sidecars.start("edit-old", LEASE, namespace, tmp_path, *DEBUG, kubeconfig=kubeconfig,
+                             timing=EDIT_TIMING)
+        fleet.append(old)
+        sidecars.wait_for(lambda: (old.leader() or {}).get("is_leader"), 10)
+        time.sleep(1.5)  # at least one renewal: the deadline is now a renewal's, not the acquisition's
+        proxy.cut()
+        issued = time.monotonic()
+        hand_edit(namespace, LEASE, edit)
+        new = sidecars.start("edit-new", LEASE, namespace, tmp_path, *DEBUG, timing=EDIT_TIMING)
+        fleet.append(new)
+        sidecars.wait_for(lambda: (new.leader() or {}).get("is_leader"), 25)
+        since_cut_s = time.monotonic() - issued
+        proxy.heal()
+        sidecars.wait_for(lambda: (old.leader() or {}).get("holder") == new.identity, 20)
+    finally:
+        proxy.close()
+    claims = sorted(all_claims(fleet), key=lambda c: c.start_mono)
+    assert not overlapping(claims), "two leaders at once:\n" + "\n".join(f"{a}\n{b}" for a, b in overlapping(claims))
+    assert [c.process.endswith("edit-new/sidecar.log") for c in claims][-1], claims
+    assert claims[-1].token > claims[0].token
+    print(f"leader cut off, {edit} by hand, fresh candidate started: new leader {since_cut_s:.2f}s after the cut "
+          f"(lease 8s; the old leader's deadline up to 7s after its last renewal); no overlap")

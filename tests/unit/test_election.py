@@ -448,7 +448,7 @@ def test_recreation_by_a_third_party_during_the_wait_does_not_shorten_it() -> No
     standby.observe(at(0), Versioned(held_by("a", 1), "1"))
     standby.observe(at(5), None)
     standby.observe(at(7), Versioned(held_by("x", 3, duration_s=3), "2"))  # someone's short lease
-    assert first_write_time(standby, 7) == 15
+    assert first_write_time(standby, 7) == 17  # x, never seen before, is credited our TTL (rule C)
     # Recreated with no holder, even in the shape of a release: nobody's release, history still unknown.
     for empty in (LeaseRecord(), released(held_by("x", 3))):
         standby = Elector("b", CONFIG)
@@ -520,7 +520,9 @@ def test_a_new_holder_replacing_an_old_one_keeps_the_old_ones_fence_as_it_was() 
     b = Elector("b", CONFIG)
     b.observe(at(0), Versioned(held_by("a", 1), "1"))
     b.observe(at(2), Versioned(held_by("x", 2, duration_s=1), "2"))  # took it early, in b's view
-    assert first_write_time(b, 2) == 10  # not 3: a may lead until 10 by what b saw
+    # Not 3: x, first seen now, is credited b's own TTL (rule C), whatever its record says; and a's
+    # fence (10) is not extended to 2 + 10 by x's acquisition (it stays under x's).
+    assert first_write_time(b, 2) == 12
 
 
 def test_a_release_right_after_a_failover_is_taken_at_once() -> None:
@@ -674,3 +676,33 @@ def test_an_emptied_record_with_an_older_or_no_token_is_not_a_release() -> None:
     store.put(LeaseRecord("", 1, EPOCH, EPOCH, 0, None))  # release-shaped, but its token was dropped
     b.observe(at(1), store.current)
     assert b.next_action(at(1)) == Wait(11)
+
+
+@pytest.mark.parametrize("edited_duration_s", [1, None])
+def test_a_fresh_candidate_whose_first_view_is_an_edited_duration_waits_its_own_ttl(
+        edited_duration_s: int | None) -> None:
+    # Issue 17 item 1: the holder is cut off (or between renewals) when a third party shortens or
+    # removes leaseDurationSeconds; a candidate that never saw the holder's own record (a new pod, a
+    # restarted sidecar) must not believe the edited figure.
+    store, a = Store(), Elector("a", CONFIG)
+    lead(a, store, 0)
+    edited = store.put(replace(store.current.record, duration_s=edited_duration_s))
+    newcomer = Elector("c", CONFIG)
+    newcomer.observe(at(1), edited)
+    assert first_write_time(newcomer, 1) == 11  # 1 + c's own TTL, not 2 (or 1)
+    assert a.valid_until_mono == 6  # the holder's deadline is covered
+
+
+def test_a_missing_lease_duration_reads_as_unknown_and_is_never_written() -> None:
+    record = LeaseRecord.from_lease({"spec": {"holderIdentity": "a", "leaseDurationSeconds": None}})
+    assert record.duration_s is None
+    assert "leaseDurationSeconds" not in record.to_spec()
+    assert LeaseRecord.from_lease({"spec": {"holderIdentity": "a", "leaseDurationSeconds": 0}}).duration_s is None
+
+
+def test_a_holder_is_credited_the_longest_duration_seen_even_after_a_missed_renewal() -> None:
+    b = Elector("b", CONFIG)
+    b.observe(at(0), Versioned(held_by("a", 1, duration_s=25), "1"))
+    # b's watch relists across a's renewal at 10 and a later hand edit: its next view is the edit.
+    b.observe(at(12), Versioned(held_by("a", 1, duration_s=1, renewed_s=10), "3"))
+    assert first_write_time(b, 12) == 37

@@ -43,7 +43,7 @@ json_values = st.recursive(st.none() | st.booleans() | st.integers() | st.floats
        annotations=st.dictionaries(st.just("lease-sidecar.io/fencing-token"), json_values))
 def test_any_json_parses_to_a_record(spec: dict, annotations: dict) -> None:
     record = LeaseRecord.from_lease({"spec": spec, "metadata": {"annotations": annotations}})
-    assert record.duration_s >= 0 and record.transitions >= 0
+    assert (record.duration_s is None or record.duration_s > 0) and record.transitions >= 0
     assert record.fencing_token is None or record.fencing_token >= 0
     LeaseRecord.from_lease({"spec": record.to_spec()})
 
