@@ -38,6 +38,9 @@ STATE_DIR = Path(os.environ.get("LOCAL_CLUSTER_STATE", CACHE_DIR / "cluster"))
 APISERVER_PORT = int(os.environ.get("LOCAL_CLUSTER_APISERVER_PORT", "16443"))
 ETCD_CLIENT_PORT = int(os.environ.get("LOCAL_CLUSTER_ETCD_PORT", "12379"))
 ETCD_PEER_PORT = ETCD_CLIENT_PORT + 1
+EXTRA_APISERVER_ARGS = tuple(os.environ.get("LOCAL_CLUSTER_APISERVER_ARGS", "").split())
+"""More kube-apiserver flags, for a private control plane (e.g. a feature gate a test needs); the
+shared one runs without."""
 READY_TIMEOUT_S = 120.0
 SA_ISSUER = "https://kubernetes.default.svc.cluster.local"
 # The node's addresses (node.py): they exist only inside the node's network namespace, but the
@@ -58,12 +61,19 @@ class ClusterError(Exception):
 
 @dataclass(frozen=True)
 class Tool:
-    """One binary built from a pinned Go module under tools/<module_dir>."""
+    """One binary built from a pinned Go module under tools/<module_dir>.
+
+    Tools with the same `bundle` come out of one `go build` of all their packages (one cold
+    compile of what they share, e.g. prometheus and promtool) into one cache directory.
+    """
 
     name: str
     module_dir: str
     package: str
     ldflags: str = ""
+    tags: str = ""
+    static: bool = False  # CGO_ENABLED=0: the binary runs in an image with no libc
+    bundle: str = ""
 
     def cache_path(self) -> Path:
         pins = TOOLS_DIR / self.module_dir
@@ -71,7 +81,18 @@ class Tool:
         for pin_file in ("go.mod", "go.sum"):
             digest.update((pins / pin_file).read_bytes())
         digest.update(self.ldflags.encode())
-        return CACHE_DIR / "bin" / f"{self.name}-{digest.hexdigest()[:12]}" / self.name
+        if self.tags or self.static or self.bundle:
+            digest.update(f"{self.tags}|{self.static}|{sorted(bundle_packages(self))}".encode())
+        if not self.bundle:
+            return CACHE_DIR / "bin" / f"{self.name}-{digest.hexdigest()[:12]}" / self.name
+        # `go build -o DIR/ pkg...` names each binary after its package's last element.
+        return CACHE_DIR / "bin" / f"{self.bundle}-{digest.hexdigest()[:12]}" / self.package.rsplit("/", 1)[1]
+
+
+def bundle_packages(tool: Tool) -> list[str]:
+    if not tool.bundle:
+        return [tool.package]
+    return [other.package for other in TOOLS.values() if other.bundle == tool.bundle]
 
 
 def _kube_ldflags() -> str:
@@ -97,8 +118,21 @@ TOOLS = {
     # The node's parts: the same pinned k8s.io/kubernetes module as the apiserver.
     **{name: Tool(name, "kube", f"k8s.io/kubernetes/cmd/{name}", _kube_ldflags())
        for name in ("kubelet", "kube-proxy", "kube-controller-manager", "kube-scheduler")},
-    "promtool": Tool("promtool", "prometheus", "github.com/prometheus/prometheus/cmd/promtool"),
+    # Kubernetes (and file/http) discovery only: the cloud SDKs are left out, which halves the
+    # compile on 2 cores. The server and promtool share one build (tools/prometheus pins both).
+    **{name: Tool(name, "prometheus", f"github.com/prometheus/prometheus/cmd/{name}",
+                  "-X github.com/prometheus/common/version.Version=3.15.0",
+                  tags="netgo,remove_all_sd,enable_kubernetes_sd", static=True, bundle="prometheus")
+       for name in ("prometheus", "promtool")},
+    **{name: Tool(name, "prometheus-operator", f"github.com/prometheus-operator/prometheus-operator/cmd/{command}",
+                  "-X github.com/prometheus/common/version.Version=0.85.0",
+                  static=True, bundle="prometheus-operator")
+       for name, command in (("prometheus-operator", "operator"),
+                             ("prometheus-config-reloader", "prometheus-config-reloader"))},
+    "dashboard-check": Tool("dashboard-check", "dashboard", "leasesidecar.local/tools/dashboard"),
 }
+# Started in the background at the beginning of `make test` (the monitoring tests need them).
+MONITORING_TOOLS = ("prometheus", "prometheus-operator", "dashboard-check")
 CONTROL_PLANE_TOOLS = ("etcd", "kube-apiserver", "kubectl", "helm")
 
 
@@ -129,20 +163,37 @@ def build(name: str) -> Path:
 
 def _build_locked(name: str, tool: Tool, target: Path) -> Path:
     log_path = target.parent / "build.log"
-    partial = target.with_suffix(".partial")
-    say(f"building {name} from {tool.package} (log: {log_path}); a cold build takes minutes")
+    packages = bundle_packages(tool)
+    what = name if len(packages) == 1 else " and ".join(package.rsplit("/", 1)[1] for package in packages)
+    say(f"building {what} from {' '.join(packages)} (log: {log_path}); a cold build takes minutes")
     started = time.monotonic()
-    cmd = ["go", "build", "-trimpath", "-ldflags", f"-s -w {tool.ldflags}".strip(), "-o", str(partial), tool.package]
+    cmd = ["go", "build", "-trimpath", "-ldflags", f"-s -w {tool.ldflags}".strip()]
+    if tool.tags:
+        cmd += ["-tags", tool.tags]
+    if tool.bundle:
+        partial = target.parent / "partial"
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir()
+        cmd += ["-o", f"{partial}/", *packages]
+    else:
+        partial = target.with_suffix(".partial")
+        cmd += ["-o", str(partial), tool.package]
+    env = {**os.environ, "CGO_ENABLED": "0"} if tool.static else None
     with open(log_path, "w") as log:
-        proc = subprocess.Popen(cmd, cwd=TOOLS_DIR / tool.module_dir, stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(cmd, cwd=TOOLS_DIR / tool.module_dir, stdout=log, stderr=subprocess.STDOUT, env=env)
         while proc.poll() is None:
             time.sleep(15)
             if proc.poll() is None:
-                say(f"  still building {name}: {time.monotonic() - started:.0f}s")
+                say(f"  still building {what}: {time.monotonic() - started:.0f}s")
     if proc.returncode != 0:
-        raise ClusterError(f"building {name} failed (exit {proc.returncode}); see {log_path}")
-    partial.rename(target)
-    say(f"built {name} in {time.monotonic() - started:.0f}s")
+        raise ClusterError(f"building {what} failed (exit {proc.returncode}); see {log_path}")
+    if tool.bundle:
+        for built in partial.iterdir():
+            built.rename(target.parent / built.name)
+        partial.rmdir()
+    else:
+        partial.rename(target)
+    say(f"built {what} in {time.monotonic() - started:.0f}s")
     return target
 
 
@@ -451,6 +502,7 @@ def _apiserver_argv(paths: Paths, binary: Path) -> list[str]:
         f"--audit-log-path={paths.audit_log}", "--audit-log-mode=batch",
         "--audit-log-batch-max-wait=1s",
         "--v=1",
+        *EXTRA_APISERVER_ARGS,
     ]
 
 

@@ -1,11 +1,16 @@
 """The chart's alert rules and dashboard: promtool checks and unit tests, and the metric-name contract.
 
-promtool is built from the Go module proxy (pinned in deploy/local/tools/prometheus) by the same code as
-`deploy/local/cluster build promtool`; if it cannot be built these tests fail, they never skip.
+files/alerts.yaml is a Helm template (each alert's `for:`, windows and thresholds come from
+monitoring.prometheusRule.alerts): the rules checked here are the chart's PrometheusRule as
+`helm template` renders it, with the defaults and with every setting the tests use
+(ALERT_SETTINGS). promtool and helm are built from the Go module proxy (pinned in
+deploy/local/tools/) by the same code as `deploy/local/cluster build`; if they cannot be built
+these tests fail, they never skip.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import subprocess
@@ -29,9 +34,17 @@ sys.path.insert(0, str(ROOT / "deploy" / "local"))
 
 import localcluster  # noqa: E402
 
-ALERTS = ROOT / "charts" / "lease-sidecar" / "files" / "alerts.yaml"
-DASHBOARD = ROOT / "charts" / "lease-sidecar" / "files" / "dashboard.json"
-RULE_TESTS = sorted((ROOT / "tests" / "unit" / "rules").glob("*.yaml"))
+LIBRARY_CHART = ROOT / "charts" / "lease-sidecar"
+ALERTS = LIBRARY_CHART / "files" / "alerts.yaml"
+DASHBOARD = LIBRARY_CHART / "files" / "dashboard.json"
+RULES_DIR = ROOT / "tests" / "unit" / "rules"
+RULE_TESTS = sorted(RULES_DIR.glob("*_test.yaml"))
+# The name the rule tests give the rendered rules file in their `rule_files:`.
+RENDERED_RULES = "alerts.rendered.yaml"
+# Settings of monitoring.prometheusRule.alerts the tests use besides the defaults: the node tests'
+# short ones (tests/node/test_monitoring.py fires every alert with them in real pods).
+ALERT_SETTINGS = {"defaults": None, "fast": RULES_DIR / "fast-alerts-values.yaml"}
+ALERT_NAMES = re.findall(r"^\s*- alert: (\w+)$", ALERTS.read_text(), re.MULTILINE)
 
 # The exported names (as Prometheus stores them) and their labels, before Prometheus adds pod/instance/job.
 LEASE = frozenset({"namespace", "name"})
@@ -72,15 +85,42 @@ def promtool() -> Path:
         pytest.fail(f"promtool could not be built: {error}", pytrace=False)
 
 
-def run_promtool(promtool: Path, *args: str) -> str:
-    result = subprocess.run([str(promtool), *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
+def run_promtool(promtool: Path, *args: str, cwd: Path = ROOT) -> str:
+    result = subprocess.run([str(promtool), *args], cwd=cwd, capture_output=True, text=True, timeout=300)
     output = f"$ promtool {' '.join(args)}\n{result.stdout}{result.stderr}"
     assert result.returncode == 0, output
     return output
 
 
-def test_promtool_check_rules(promtool: Path) -> None:
-    output = run_promtool(promtool, "check", "rules", "--lint=all", "--lint-fatal", str(ALERTS.relative_to(ROOT)))
+@functools.cache
+def rendered_rules(setting: str = "defaults") -> dict[str, Any]:
+    """The chart's PrometheusRule spec (a plain rules file), rendered by helm with `setting`."""
+    try:
+        helm = localcluster.build("helm")
+    except localcluster.ClusterError as error:
+        pytest.fail(f"helm could not be built: {error}", pytrace=False)
+    argv = [str(helm), "template", "rules", str(LIBRARY_CHART), "--set", "standalone=true",
+            "--set", "monitoring.prometheusRule.enabled=true"]
+    values = ALERT_SETTINGS[setting]
+    if values is not None:
+        argv += ["--values", str(values)]
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    rules = [doc for doc in yaml.safe_load_all(result.stdout) if doc and doc["kind"] == "PrometheusRule"]
+    assert len(rules) == 1, "the chart should render one PrometheusRule"
+    return rules[0]["spec"]
+
+
+def write_rendered(setting: str, directory: Path) -> Path:
+    path = directory / RENDERED_RULES
+    path.write_text(yaml.safe_dump(rendered_rules(setting), sort_keys=False))
+    return path
+
+
+@pytest.mark.parametrize("setting", sorted(ALERT_SETTINGS))
+def test_promtool_check_rules(promtool: Path, setting: str, tmp_path: Path) -> None:
+    path = write_rendered(setting, tmp_path)
+    output = run_promtool(promtool, "check", "rules", "--lint=all", "--lint-fatal", str(path))
     assert "SUCCESS" in output, output
 
 
@@ -89,8 +129,12 @@ def test_rule_test_files_exist() -> None:
 
 
 @pytest.mark.parametrize("rule_test", RULE_TESTS, ids=[path.name for path in RULE_TESTS])
-def test_promtool_test_rules(promtool: Path, rule_test: Path) -> None:
-    run_promtool(promtool, "test", "rules", str(rule_test.relative_to(ROOT)))
+def test_promtool_test_rules(promtool: Path, rule_test: Path, tmp_path: Path) -> None:
+    # The rule tests name the rendered file; they run beside a copy rendered with the defaults.
+    assert yaml.safe_load(rule_test.read_text())["rule_files"] == [RENDERED_RULES], rule_test.name
+    write_rendered("defaults", tmp_path)
+    (tmp_path / rule_test.name).write_text(rule_test.read_text())
+    run_promtool(promtool, "test", "rules", rule_test.name, cwd=tmp_path)
 
 
 def test_every_alert_is_unit_tested_firing_and_silent() -> None:
@@ -108,20 +152,50 @@ def test_every_alert_is_unit_tested_firing_and_silent() -> None:
 # ---------------------------------------------------------------- the rules file itself
 
 
-def alert_rules() -> dict[str, dict[str, Any]]:
-    document = yaml.safe_load(ALERTS.read_text())
+def alert_rules(setting: str = "defaults") -> dict[str, dict[str, Any]]:
+    document = rendered_rules(setting)
     return {rule["alert"]: rule for group in document["groups"] for rule in group["rules"] if "alert" in rule}
 
 
-def test_rules_file_is_plain_prometheus_rules() -> None:
-    text = ALERTS.read_text()
-    document = yaml.safe_load(text)
-    assert set(document) == {"groups"}, "the chart embeds this file as a PrometheusRule spec: only `groups:`"
-    # Helm would not render it, but a `{{ .Values ... }}` here would mean someone expected it to.
-    assert not re.search(r"\{\{-?\s*(\.|include|template|tpl)", text), "no Helm templating in alerts.yaml"
+def test_rendered_rules_are_plain_prometheus_rules() -> None:
+    for setting in ALERT_SETTINGS:
+        document = rendered_rules(setting)
+        assert set(document) == {"groups"}, "a PrometheusRule spec holds only `groups:`"
+        assert sorted(alert_rules(setting)) == sorted(ALERT_NAMES), setting
+        text = yaml.safe_dump(document)
+        assert "{{ ." not in text and "<<prometheus-template>>" not in text, "Helm left something unrendered"
+        # Prometheus' own templates survive Helm's.
+        assert "{{ $labels.namespace }}" in text
 
 
-@pytest.mark.parametrize("alert", sorted(alert_rules()))
+def test_every_alert_setting_is_a_value_and_used() -> None:
+    """alerts.yaml reads `{{ .<alert>.<setting> }}`: each such pair is a default in values.yaml, and
+    each default is read (a value nothing reads would silently do nothing)."""
+    defaults = yaml.safe_load((LIBRARY_CHART / "values.yaml").read_text())["monitoring"]["prometheusRule"]["alerts"]
+    used = set(re.findall(r"\{\{ \.(\w+)\.(\w+) \}\}", ALERTS.read_text()))
+    declared = {(alert, key) for alert, settings in defaults.items() for key in settings}
+    assert used == declared
+
+
+ALERT_KEYS = {"noLeader": "LeaseSidecarNoLeader", "metricsMissing": "LeaseSidecarMetricsMissing",
+              "multipleLeaders": "LeaseSidecarMultipleLeaders", "leadershipFlapping": "LeaseSidecarLeadershipFlapping",
+              "renewalErrors": "LeaseSidecarRenewalErrors", "renewalLatency": "LeaseSidecarRenewalLatencyHigh",
+              "watchRestarting": "LeaseSidecarWatchRestarting", "appNotHeartbeating": "LeaseSidecarAppNotHeartbeating"}
+
+
+def test_fast_setting_reaches_every_alert() -> None:
+    fast = yaml.safe_load(ALERT_SETTINGS["fast"].read_text())["monitoring"]["prometheusRule"]["alerts"]
+    assert sorted(ALERT_KEYS.values()) == sorted(ALERT_NAMES) and set(fast) == set(ALERT_KEYS)
+    rules = alert_rules("fast")
+    for key, settings in fast.items():
+        rule = rules[ALERT_KEYS[key]]
+        assert rule["for"] == settings["for"], key
+        for setting, value in settings.items():
+            if setting in ("window", "lookback"):
+                assert f"[{value}]" in rule["expr"], (key, setting)
+
+
+@pytest.mark.parametrize("alert", ALERT_NAMES)
 def test_alert_has_severity_and_annotations(alert: str) -> None:
     rule = alert_rules()[alert]
     assert rule["labels"]["severity"] in SEVERITIES

@@ -695,7 +695,8 @@ spec:
 
 {{/*
 Usage: {{ include "lease-sidecar.prometheusRule" $ }}
-A PrometheusRule whose spec is this chart's files/alerts.yaml (a Prometheus rule groups file).
+A PrometheusRule whose spec is this chart's files/alerts.yaml (a Prometheus rule groups file),
+rendered with monitoring.prometheusRule.alerts (each alert's for:, windows and thresholds).
 */}}
 {{- define "lease-sidecar.prometheusRule" -}}
 {{- include "lease-sidecar.internal.call" (list "lease-sidecar.impl.prometheusRule" .) -}}
@@ -706,7 +707,12 @@ A PrometheusRule whose spec is this chart's files/alerts.yaml (a Prometheus rule
 {{- if not $raw -}}
 {{- fail "lease-sidecar: files/alerts.yaml is missing from the chart" -}}
 {{- end -}}
-{{- $rules := fromYaml $raw -}}
+{{- /* The file is a Helm template whose annotations also hold Prometheus templates
+({{ $labels.x }}, {{ $value }}): those are set aside before `tpl` and put back after it. */ -}}
+{{- $prometheusAction := "{{ $" -}}
+{{- $setAside := "<<prometheus-template>> $" -}}
+{{- $rendered := tpl (replace $prometheusAction $setAside $raw) . | replace $setAside $prometheusAction -}}
+{{- $rules := fromYaml $rendered -}}
 {{- if hasKey $rules "Error" -}}
 {{- fail (printf "lease-sidecar: files/alerts.yaml is not valid YAML: %s" $rules.Error) -}}
 {{- end -}}
