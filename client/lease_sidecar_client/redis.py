@@ -103,8 +103,10 @@ class RedisFence:
         """Only the fence: records the token, StaleToken if stale (no write)."""
         self.execute(term, "")
 
-    def set(self, term: Term | int, key: str, value: Any, px_ms: int | None = None) -> Any:
-        return self.execute(term, "SET", key, value, *(("PX", px_ms) if px_ms is not None else ()), keys=(key,))
+    def set(self, term: Term | int, key: str, value: Any, px_ms: int | None = None) -> bool:
+        """SET key value [PX px_ms] under the fence: True once written (redis-py's `set` answer)."""
+        reply = self.execute(term, "SET", key, value, *(("PX", px_ms) if px_ms is not None else ()), keys=(key,))
+        return reply in ("OK", b"OK", True)
 
     def delete(self, term: Term | int, *keys: str) -> Any:
         return self.execute(term, "DEL", *keys, keys=keys)
@@ -155,9 +157,10 @@ class AsyncRedisFence:
     async def check(self, term: Term | int) -> None:
         await self.execute(term, "")
 
-    async def set(self, term: Term | int, key: str, value: Any, px_ms: int | None = None) -> Any:
-        return await self.execute(term, "SET", key, value, *(("PX", px_ms) if px_ms is not None else ()),
-                                  keys=(key,))
+    async def set(self, term: Term | int, key: str, value: Any, px_ms: int | None = None) -> bool:
+        reply = await self.execute(term, "SET", key, value, *(("PX", px_ms) if px_ms is not None else ()),
+                                   keys=(key,))
+        return reply in ("OK", b"OK", True)
 
     async def delete(self, term: Term | int, *keys: str) -> Any:
         return await self.execute(term, "DEL", *keys, keys=keys)
