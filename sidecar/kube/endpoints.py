@@ -3,8 +3,11 @@
 A thin shell around `core.routing`: it reads the EndpointSlice, asks the rule what to write, and
 writes it with the resourceVersion it read (compare-and-swap), re-reading after a conflict.
 `LeaderRoute` follows the election's published role: publish on becoming leader (and re-check at
-every heartbeat, so a deleted or edited slice is repaired), withdraw on stepping down; the driver
-also calls `withdraw_now` before a release write, so the old leader leaves the Service first.
+every heartbeat, so a deleted slice, or one whose labels, ports or endpoint conditions were edited,
+is repaired), withdraw on stepping down; the driver also calls `withdraw_now` before a release
+write, so the old leader leaves the Service first. Each write carries the term's token and its
+Lease's UID (core/routing.py: a new UID is a new epoch), and a publish is sent only while the
+election still shows this term leading (a writer woken from a pause past its deadline stays out).
 """
 
 from __future__ import annotations
@@ -12,6 +15,8 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from kubernetes_asyncio.client import ApiClient, CoreV1Api, DiscoveryV1Api
@@ -20,6 +25,8 @@ from sidecar.core.routing import (
     MANAGED_BY,
     SLICE_FENCING_ANNOTATION,
     SLICE_HOLDER_ANNOTATION,
+    SLICE_LEASE_UID_ANNOTATION,
+    SLICE_RETIRED_UIDS_ANNOTATION,
     NothingToDo,
     Publish,
     Refuse,
@@ -59,13 +66,19 @@ class LeaderEndpoints:
         self.writes = 0
         self.refusals = 0
 
-    async def publish(self, token: int) -> SliceAction:
-        return await self._converge(lambda state: publish_action(state, token, self.pod_ip))
+    async def publish(self, token: int, lease_uid: str | None = None,
+                      still_leading: Callable[[], bool] | None = None) -> SliceAction:
+        """Route to this pod as term `token` of the Lease `lease_uid`. `still_leading` is asked
+        before every write: False (the term ended meanwhile) writes nothing."""
+        ports = await self._service_ports()  # what an intact slice carries
+        return await self._converge(lambda state: publish_action(state, token, self.pod_ip, lease_uid),
+                                    ports, still_leading)
 
-    async def withdraw(self, token: int) -> SliceAction:
-        return await self._converge(lambda state: withdraw_action(state, token, self.pod_ip))
+    async def withdraw(self, token: int, lease_uid: str | None = None) -> SliceAction:
+        return await self._converge(lambda state: withdraw_action(state, token, self.pod_ip, lease_uid), None, None)
 
-    async def read(self) -> tuple[dict[str, Any] | None, SliceState | None]:
+    async def read(self, ports: list[dict[str, Any]] | None = None) -> tuple[dict[str, Any] | None, SliceState | None]:
+        """The slice and its state; with `ports` (the Service's), whether it is intact is judged too."""
         try:
             raw = await call_json("get endpointslice", self.timeout_s,
                                   self._discovery.read_namespaced_endpoint_slice, self.name, self.namespace)
@@ -73,19 +86,46 @@ class LeaderEndpoints:
             if error.status == 404:
                 return None, None
             raise
-        return raw, slice_state(raw)
+        state = slice_state(raw)
+        if ports is not None:
+            state = replace(state, intact=self._intact(raw, ports))
+        return raw, state
 
-    async def _converge(self, rule: Any) -> SliceAction:
+    def _intact(self, raw: dict[str, Any], ports: list[dict[str, Any]]) -> bool:
+        """What this writer would write: its labels, the Service's ports, one ready endpoint."""
+        labels = (raw.get("metadata") or {}).get("labels") or {}
+        if any(labels.get(key) != value for key, value in self._labels().items()):
+            return False
+        if _port_set(raw.get("ports") or []) != _port_set(ports):
+            return False
+        endpoints = raw.get("endpoints") or []
+        if len(endpoints) != 1:
+            return not endpoints  # an empty slice has nothing to repair until it is published
+        wanted, found = self._endpoint(), endpoints[0]
+        conditions = found.get("conditions") or {}
+        return (found.get("addresses") == wanted["addresses"] and conditions.get("ready") is True
+                and conditions.get("serving") is not False and conditions.get("terminating") is not True
+                and (found.get("targetRef") or {}).get("name") == (wanted.get("targetRef") or {}).get("name"))
+
+    async def _converge(self, rule: Any, ports: list[dict[str, Any]] | None,
+                        still_leading: Callable[[], bool] | None) -> SliceAction:
         for _ in range(_MAX_CONFLICTS):
-            raw, state = await self.read()
+            raw, state = await self.read(ports)
+            if raw is not None and state is not None and not state.intact:
+                # Before repairing, make sure it is not the Service that changed its ports.
+                ports = await self._service_ports(refresh=True)
+                state = replace(state, intact=self._intact(raw, ports))
             action = rule(state)
             if isinstance(action, NothingToDo):
                 return action
             if isinstance(action, Refuse):
                 self.refusals += 1
-                log.warning("leader Service slice belongs to a newer term; not written",
-                            extra={"event": "leader_service_refused", "stored_token": action.stored_token})
+                log.warning("leader Service slice belongs to a newer term or lease; not written",
+                            extra={"event": "leader_service_refused", "stored_token": action.stored_token,
+                                   "reason": action.reason})
                 return action
+            if isinstance(action, Publish) and still_leading is not None and not still_leading():
+                return NothingToDo()  # the term ended while we read: a step-down withdraws instead
             try:
                 await self._write(action, raw)
                 self.writes += 1
@@ -98,7 +138,7 @@ class LeaderEndpoints:
     async def _write(self, action: Publish | Withdraw, raw: dict[str, Any] | None) -> None:
         endpoints = [] if isinstance(action, Withdraw) else [self._endpoint()]
         if isinstance(action, Publish) and action.expected_version is None:
-            body = self._new_body(action.token, endpoints, await self._service_ports())
+            body = self._new_body(action, endpoints, await self._service_ports())
             await call_json("create endpointslice", self.timeout_s,
                             self._discovery.create_namespaced_endpoint_slice, self.namespace, body)
             return
@@ -107,13 +147,12 @@ class LeaderEndpoints:
         body = dict(raw)
         metadata = dict(body.get("metadata") or {})
         metadata["resourceVersion"] = action.expected_version
-        metadata["annotations"] = {**(metadata.get("annotations") or {}),
-                                   SLICE_FENCING_ANNOTATION: str(action.token), SLICE_HOLDER_ANNOTATION:
-                                   self.identity if endpoints else ""}
+        metadata["annotations"] = {**(metadata.get("annotations") or {}), **self._annotations(action, bool(endpoints))}
+        if isinstance(action, Publish):  # a hand edit of labels or ports is repaired by the term that owns it
+            metadata["labels"] = {**(metadata.get("labels") or {}), **self._labels()}
+            body["ports"] = await self._service_ports()
         body["metadata"] = metadata
         body["endpoints"] = endpoints
-        if endpoints and not body.get("ports"):
-            body["ports"] = await self._service_ports()
         await call_json("update endpointslice", self.timeout_s,
                         self._discovery.replace_namespaced_endpoint_slice, self.name, self.namespace, body)
 
@@ -123,18 +162,31 @@ class LeaderEndpoints:
             endpoint["targetRef"] = {"kind": "Pod", "name": self.pod_name, "namespace": self.namespace}
         return endpoint
 
-    def _new_body(self, token: int, endpoints: list[dict[str, Any]], ports: list[dict[str, Any]]) -> dict[str, Any]:
+    def _labels(self) -> dict[str, str]:
+        return {SERVICE_NAME_LABEL: self.service, MANAGED_BY_LABEL: MANAGED_BY}
+
+    def _annotations(self, action: Publish | Withdraw, routed: bool) -> dict[str, str]:
+        """Token and holder on every write; the epoch (Lease UID and retired UIDs) as a publish sets it."""
+        annotations = {SLICE_FENCING_ANNOTATION: str(action.token),
+                       SLICE_HOLDER_ANNOTATION: self.identity if routed else ""}
+        if isinstance(action, Publish) and action.lease_uid:
+            annotations[SLICE_LEASE_UID_ANNOTATION] = action.lease_uid
+            annotations[SLICE_RETIRED_UIDS_ANNOTATION] = ",".join(action.retired_uids)
+        return annotations
+
+    def _new_body(self, action: Publish, endpoints: list[dict[str, Any]],
+                  ports: list[dict[str, Any]]) -> dict[str, Any]:
         return {
             "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-            "metadata": {"name": self.name, "namespace": self.namespace,
-                         "labels": {SERVICE_NAME_LABEL: self.service, MANAGED_BY_LABEL: MANAGED_BY},
-                         "annotations": {SLICE_FENCING_ANNOTATION: str(token), SLICE_HOLDER_ANNOTATION: self.identity}},
+            "metadata": {"name": self.name, "namespace": self.namespace, "labels": self._labels(),
+                         "annotations": self._annotations(action, bool(endpoints))},
             "addressType": self.address_type, "endpoints": endpoints, "ports": ports,
         }
 
-    async def _service_ports(self) -> list[dict[str, Any]]:
-        """The Service's ports, as the endpoint's: a numeric targetPort, else the port itself."""
-        if self._ports is None:
+    async def _service_ports(self, refresh: bool = False) -> list[dict[str, Any]]:
+        """The Service's ports, as the endpoint's: a numeric targetPort, else the port itself.
+        Read once, and again (`refresh`) when the slice's ports differ from them."""
+        if self._ports is None or refresh:
             service = await call_json("get service", self.timeout_s, self._core.read_namespaced_service,
                                       self.service, self.namespace)
             ports = []
@@ -151,30 +203,39 @@ class LeaderEndpoints:
 
 def slice_state(raw: dict[str, Any]) -> SliceState:
     metadata = raw.get("metadata") or {}
+    annotations = metadata.get("annotations") or {}
     try:
-        token: int | None = int((metadata.get("annotations") or {}).get(SLICE_FENCING_ANNOTATION, ""))
+        token: int | None = int(annotations.get(SLICE_FENCING_ANNOTATION, ""))
     except ValueError:
         token = None
     addresses = tuple(address for endpoint in raw.get("endpoints") or []
                       for address in endpoint.get("addresses") or [])
-    return SliceState(token, addresses, str(metadata.get("resourceVersion") or ""))
+    retired = tuple(uid for uid in str(annotations.get(SLICE_RETIRED_UIDS_ANNOTATION) or "").split(",") if uid)
+    return SliceState(token, addresses, str(metadata.get("resourceVersion") or ""),
+                      str(annotations.get(SLICE_LEASE_UID_ANNOTATION) or "") or None, retired)
+
+
+def _port_set(ports: list[dict[str, Any]]) -> set[tuple[Any, Any, Any]]:
+    return {(port.get("name") or "", port.get("port"), port.get("protocol") or "TCP") for port in ports}
 
 
 class LeaderRoute:
-    """Keeps the slice in step with the published role. `on_snapshot` is a StatusBoard listener."""
+    """Keeps the slice in step with the published role. `on_snapshot` is a StatusBoard listener;
+    `current` (the board's fresh snapshot) is asked again right before a publish is written."""
 
     RETRY_S = 1.0
 
-    def __init__(self, endpoints: LeaderEndpoints) -> None:
+    def __init__(self, endpoints: LeaderEndpoints, current: Callable[[], dict[str, Any]] | None = None) -> None:
         self.endpoints = endpoints
-        self._desired: int | None = None
-        self._published: int | None = None
+        self._current = current
+        self._desired: Term | None = None
+        self._published: Term | None = None
         self._wake = asyncio.Event()
         self._lock = asyncio.Lock()
 
     def on_snapshot(self, snapshot: dict[str, Any]) -> None:
         """Every change, and every heartbeat: a leader re-checks its slice then."""
-        self._desired = snapshot["fencing_token"] if snapshot["is_leader"] else None
+        self._desired = _term_of(snapshot)
         if self._desired is not None or self._published is not None:
             self._wake.set()
 
@@ -191,6 +252,9 @@ class LeaderRoute:
             log.error("could not leave the leader Service before releasing",
                       extra={"event": "leader_service_failed", "error": str(error)})
 
+    def _still_leading(self, term: Term) -> bool:
+        return self._current is None or (_term_of(self._current()) or (None, None))[0] == term[0]
+
     async def _reconcile(self) -> None:
         async with self._lock:
             desired = self._desired
@@ -198,12 +262,24 @@ class LeaderRoute:
                 # Marked before the write: a write that times out may still have landed, and a
                 # step-down must then withdraw it (a withdrawal of a slice that is not ours is a no-op).
                 self._published = desired
-                action = await self.endpoints.publish(desired)
+                token, lease_uid = desired
+                action = await self.endpoints.publish(token, lease_uid, lambda: self._still_leading(desired))
                 if isinstance(action, Publish):
                     log.info("leader Service routes here", extra={"event": "leader_service_published",
-                                                                  "term": desired})
+                                                                  "term": token, "lease_uid": lease_uid})
             elif self._published is not None:
-                action = await self.endpoints.withdraw(self._published)
+                token, lease_uid = self._published
+                action = await self.endpoints.withdraw(token, lease_uid)
                 self._published = None
                 if isinstance(action, Withdraw):
                     log.info("left the leader Service", extra={"event": "leader_service_withdrawn"})
+
+
+Term = tuple[int, str | None]
+"""A leader's term as the slice records it: its fencing token and its Lease's UID."""
+
+
+def _term_of(snapshot: dict[str, Any]) -> Term | None:
+    if not snapshot["is_leader"] or snapshot["fencing_token"] is None:
+        return None
+    return snapshot["fencing_token"], snapshot.get("lease_uid")

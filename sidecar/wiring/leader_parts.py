@@ -72,7 +72,7 @@ def build_leader_parts(settings: RunSettings, api_client: ApiClient, namespace: 
     if settings.leader_service:
         endpoints = LeaderEndpoints(api_client, namespace, settings.leader_service, identity,
                                     settings.resolved_pod_ip(), os.environ.get("POD_NAME"), timeout_s)
-        parts.route = LeaderRoute(endpoints)
+        parts.route = LeaderRoute(endpoints, board.snapshot)
         board.subscribe(parts.route.on_snapshot)
         parts.loops["leader_service"] = parts.route.run
     if settings.events:

@@ -27,7 +27,7 @@ from sidecar.core.succession import SUCCESSOR_WINDOW_S
 from sidecar.kube.endpoints import LeaderEndpoints
 from sidecar.kube.events import LeaseEvents
 from tests.cluster import sidecars
-from tests.cluster.kube import kubectl, service_account_dir
+from tests.cluster.kube import get_lease, kubectl, service_account_dir
 from tests.cluster.test_chart import (  # noqa: F401  (fixtures)
     EXAMPLE,
     can_i,
@@ -206,6 +206,96 @@ async def test_concurrent_terms_end_with_the_newest(api_client: client.ApiClient
     await asyncio.gather(*(w.publish(10 + i) for i, w in enumerate(writers)))
     stored = get_slice(namespace)
     assert (addresses(stored), slice_token(stored)) == ([pod_ip(5)], 15)
+
+
+def slice_epoch(slice_: dict[str, Any] | None) -> tuple[str | None, list[str]]:
+    annotations = ((slice_ or {}).get("metadata") or {}).get("annotations") or {}
+    retired = annotations.get("lease-sidecar.io/retired-lease-uids") or ""
+    return annotations.get("lease-sidecar.io/lease-uid"), [uid for uid in retired.split(",") if uid]
+
+
+async def test_a_new_lease_uid_is_a_new_epoch_and_a_retired_one_is_refused(api_client: client.ApiClient,
+                                                                           namespace: str) -> None:
+    """Issue 17 item 4: after a token reset (the Lease deleted and created again) or a rename, the
+    tokens restart; the Lease's UID tells the epochs apart."""
+    create_service(namespace)
+    old = LeaderEndpoints(api_client, namespace, SERVICE, "pod-a", pod_ip(1), "pod-a", 5.0)
+    new = LeaderEndpoints(api_client, namespace, SERVICE, "pod-b", pod_ip(2), "pod-b", 5.0)
+    renamed = LeaderEndpoints(api_client, namespace, SERVICE, "pod-c", pod_ip(3), "pod-c", 5.0)
+    assert isinstance(await old.publish(9, "uid-1"), Publish)
+    # Reset: the new Lease's first term has token 1, far below 9; it is a new epoch and routes.
+    assert isinstance(await new.publish(1, "uid-2"), Publish)
+    stored = get_slice(namespace)
+    assert (addresses(stored), slice_token(stored), slice_epoch(stored)) == ([pod_ip(2)], 1, ("uid-2", ["uid-1"]))
+    # The old Lease's leader, woken from a pause, can neither route to itself nor empty the slice.
+    assert isinstance(await old.publish(9, "uid-1"), Refuse)
+    assert isinstance(await old.withdraw(9, "uid-1"), Refuse)
+    assert addresses(get_slice(namespace)) == [pod_ip(2)]
+    # A rename: a second election on the same Service takes it once; the first never takes it back,
+    # so the two cannot overwrite it in turn.
+    assert isinstance(await renamed.publish(1, "uid-3"), Publish)
+    for _ in range(2):
+        assert isinstance(await new.publish(2, "uid-2"), Refuse)
+        assert await renamed.publish(1, "uid-3") == NothingToDo()
+    stored = get_slice(namespace)
+    assert (addresses(stored), slice_epoch(stored)) == ([pod_ip(3)], ("uid-3", ["uid-1", "uid-2"]))
+    # Within an epoch the tokens still rule.
+    assert isinstance(await renamed.publish(2, "uid-3"), Publish)
+    assert isinstance(await new.publish(1, "uid-3"), Refuse)
+    assert isinstance(await renamed.withdraw(2, "uid-3"), Withdraw)
+    assert (addresses(get_slice(namespace)), slice_epoch(get_slice(namespace))[0]) == ([], "uid-3")
+
+
+async def test_hand_edits_of_ports_labels_and_conditions_are_repaired(api_client: client.ApiClient,
+                                                                      namespace: str) -> None:
+    create_service(namespace)
+    leader = LeaderEndpoints(api_client, namespace, SERVICE, "pod-a", pod_ip(1), "pod-a", 5.0)
+    assert isinstance(await leader.publish(3, "uid-1"), Publish)
+    intact = get_slice(namespace)
+    assert await leader.publish(3, "uid-1") == NothingToDo()
+    edits = [
+        ["--type=json", "-p", json.dumps([{"op": "replace", "path": "/ports/0/port", "value": 9999}])],
+        ["--type=json", "-p", json.dumps([{"op": "remove",
+                                           "path": "/metadata/labels/endpointslice.kubernetes.io~1managed-by"}])],
+        ["--type=json", "-p", json.dumps([{"op": "replace", "path": "/endpoints/0/conditions/ready",
+                                           "value": False}])],
+        ["--type=json", "-p", json.dumps([{"op": "replace", "path": "/metadata/labels/kubernetes.io~1service-name",
+                                           "value": "elsewhere"}])],
+    ]
+    for edit in edits:
+        kubectl("patch", "endpointslice", SERVICE, "-n", namespace, *edit)
+        assert isinstance(await leader.publish(3, "uid-1"), Publish), edit
+        repaired = get_slice(namespace)
+        assert repaired is not None and intact is not None
+        for part in ("ports", "endpoints"):
+            assert repaired[part] == intact[part], (edit, part)
+        assert repaired["metadata"]["labels"] == intact["metadata"]["labels"], edit
+        assert await leader.publish(3, "uid-1") == NothingToDo()
+
+
+def test_the_leader_service_survives_a_rename_of_the_lease(fleet: list[sidecars.Sidecar], namespace: str,
+                                                           tmp_path: Path) -> None:
+    """End to end: an election's tokens grow past 1, then the deployment moves to a new Lease name
+    (its tokens start again at 1): the new leader is routed, and /leader names its Lease's UID."""
+    create_service(namespace)
+    start_routed(fleet, 2, namespace, tmp_path)
+    sidecars.wait_for(lambda: len(sidecars.leaders(fleet)) == 1, 15)
+    first = leader_of(fleet)
+    first.kill()
+    second = next(s for s in fleet if s.alive())
+    sidecars.wait_for(lambda: routed_to(namespace, second), 15)
+    assert slice_token(get_slice(namespace)) >= 2
+    second.kill()  # the old election is gone; its slice keeps a dead pod's address
+
+    renamed = sidecars.start("pod-9", "work-renamed", namespace, tmp_path, "--leader-service", SERVICE,
+                             "--pod-ip", pod_ip(9))
+    renamed.extra["ip"] = pod_ip(9)
+    fleet.append(renamed)
+    sidecars.wait_for(lambda: (renamed.leader() or {}).get("is_leader") is True, 15)
+    sidecars.wait_for(lambda: routed_to(namespace, renamed), 10)  # before the fix: refused for good
+    lease = get_lease(namespace, "work-renamed")
+    assert lease is not None and renamed.leader()["lease_uid"] == lease["metadata"]["uid"]
+    assert slice_epoch(get_slice(namespace))[0] == lease["metadata"]["uid"]
 
 
 async def test_events_are_rate_limited_and_grouped_into_series(api_client: client.ApiClient,
