@@ -23,6 +23,7 @@ log = logging.getLogger("lease_sidecar.core.election")
 _WATCH_BACKOFF_START_S = 0.1
 _WATCH_BACKOFF_CAP_S = 5.0
 _WATCH_HEALTHY_S = 5.0
+_DROPPED_LIST_READS = 3
 
 
 class BeatHeartbeat:
@@ -139,6 +140,8 @@ class BeatHeartbeat:
                 async for event in self.backend.watch(idle_s, request_timeout):
                     self.elector.observe(self.clock.now(), event.current, from_stream=not first,
                                          sent_at_generation=sent_at if first else None)
+                    if first and sent_at != self.elector.write_generation:
+                        await self._read_after_dropped_list(request_timeout)
                     first = False
                     # Publish now: a loss seen here must not wait for the elect loop's current call.
                     self._publish()
@@ -155,6 +158,20 @@ class BeatHeartbeat:
                 backoff = _WATCH_BACKOFF_START_S  # it had been healthy: this is a fresh failure
             await asyncio.sleep(backoff)
             backoff = min(_WATCH_BACKOFF_CAP_S, backoff * 2)
+
+    async def _read_after_dropped_list(self, request_timeout_s: float) -> None:
+        """The new watch's list was dropped: one of our writes landed while it was in flight, so
+        the list may already show that write, and the watch, which starts after the list, will
+        then never deliver it; the Elector would wait for that echo and ignore every later event.
+        A read not overtaken by another write of ours replaces the list (and ends that wait). A
+        read that fails raises, and the watch lists again."""
+        for _ in range(_DROPPED_LIST_READS):
+            sent_at = self.elector.write_generation
+            current = await self.backend.get(request_timeout_s)
+            if sent_at == self.elector.write_generation:
+                self.elector.observe(self.clock.now(), current, sent_at_generation=sent_at)
+                return
+        raise BackendUnavailable("our writes kept overtaking the reads after a relist; listing again")
 
     async def beat(self) -> None:
         interval = self.elector.config.heartbeat_interval_s
