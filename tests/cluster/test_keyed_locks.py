@@ -4,6 +4,7 @@ garbage collection that never lowers a token."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import signal
 import threading
@@ -66,6 +67,157 @@ def test_acquire_conflict_renew_release_and_token_order(namespace: str, tmp_path
         status, taken, _ = call(b, "POST", lock_path("reports/daily", wait="5s"))
         assert status == 200 and taken["fencing_token"] > held["fencing_token"], taken
         status, lost, _ = call(a, "PUT", lock_path("reports/daily", owner=held["owner"]))
+        assert status == 409, lost
+    finally:
+        sidecars.stop_all([a, b])
+
+
+def test_bad_keys_ttls_handles_and_methods_get_clear_4xx(namespace: str, tmp_path: Path) -> None:
+    a = start("a", "locks", namespace, tmp_path)
+    try:
+        for key in ("-starts-with-dash", "a//b", "trailing/", "x" * 201, "sp ace", "semi;colon"):
+            status, body, _ = call(a, "POST", lock_path(key))
+            assert status == 400 and body["error"].startswith("key:"), (key, body)
+        for ttl in ("0", "abc", "4s", "0.5s", "-1"):  # max ttl is 3s here, min 1s
+            status, body, _ = call(a, "POST", lock_path("job", ttl=ttl))
+            assert status == 400 and body["error"].startswith("ttl:"), (ttl, body)
+        status, body, _ = call(a, "POST", lock_path("job", wait="301s"))
+        assert status == 400 and body["error"].startswith("wait:"), body
+        for owner in ("", "zz", "0123456789abcdeg", "0123456789ABCDEF"):
+            for method in ("PUT", "DELETE"):
+                status, body, _ = call(a, method, lock_path("job", owner=owner))
+                assert status == 400 and body["error"].startswith("owner:"), (method, owner, body)
+        status, body, _ = call(a, "PUT", lock_path("job"))
+        assert status == 400 and body["error"].startswith("owner:"), body
+        status, body, _ = call(a, "PUT", lock_path("job", owner="0123456789abcdef"))
+        assert status == 409 and "not held" in body["error"], body
+        status, body, headers = call(a, "PATCH", lock_path("job"))
+        assert status == 405 and set(headers["Allow"].split(", ")) >= {"POST", "PUT", "DELETE", "GET"}, body
+    finally:
+        sidecars.stop_all([a])
+
+
+class Worker(threading.Thread):
+    """An app process's owner loop against its own sidecar: acquire (waiting), renew once, release;
+    its own record of each hold: from the acquisition's answer to the earlier of the release and
+    the last deadline the sidecar gave it."""
+
+    def __init__(self, sidecar: sidecars.Sidecar, keys: list[str], stop: threading.Event) -> None:
+        super().__init__(daemon=True)
+        self.sidecar, self.keys, self.stop = sidecar, keys, stop
+        self.holds: list[tuple[str, float, float, int]] = []
+
+    def run(self) -> None:
+        turn = 0
+        while not self.stop.is_set():
+            key = self.keys[turn % len(self.keys)]
+            turn += 1
+            try:
+                status, held, _ = call(self.sidecar, "POST", lock_path(key, ttl="3s", wait="2s"), timeout=6)
+            except OSError:
+                time.sleep(0.2)
+                continue
+            got = time.monotonic()
+            if status != 200:
+                time.sleep(0.05)
+                continue
+            end = held["valid_until_monotonic"]
+            time.sleep(0.1)
+            try:
+                status, renewed, _ = call(self.sidecar, "PUT", lock_path(key, owner=held["owner"]), timeout=6)
+                if status == 200:
+                    end = renewed["valid_until_monotonic"]
+                time.sleep(0.1)
+                released_at = time.monotonic()
+                call(self.sidecar, "DELETE", lock_path(key, owner=held["owner"]), timeout=6)
+                end = min(end, released_at)
+            except OSError:
+                pass
+            self.holds.append((key, got, end, held["fencing_token"]))
+
+
+def assert_no_overlap(workers: list[Worker]) -> int:
+    holds = sorted(hold for worker in workers for hold in worker.holds)
+    for (key, _, end_a, token_a), (key_b, start_b, _, token_b) in itertools.pairwise(holds):
+        if key == key_b:
+            assert start_b >= end_a, f"{key}: a hold from {start_b} began before {end_a} ended"
+            assert token_b > token_a, f"{key}: token {token_b} after {token_a}"
+    return len(holds)
+
+
+@pytest.mark.parametrize(("count", "keys"), [(2, 1), (10, 1), (10, 5)])
+def test_contending_sidecars_never_hold_a_key_twice_through_kills_stops_and_an_outage(
+        namespace: str, tmp_path: Path, api_path: BlackHoleProxy, count: int, keys: int,
+        record_property: Any) -> None:
+    key_names = [f"tenant-{n}/migrate" for n in range(keys)]
+    group = [start(f"s{n}", "locks", namespace, tmp_path,
+                   kubeconfig=api_path.kubeconfig_path if n == 2 else None) for n in range(count)]
+    stop = threading.Event()
+    workers = [Worker(sidecar, key_names[n % keys:] + key_names[:n % keys], stop) for n, sidecar in enumerate(group)]
+    try:
+        for worker in workers:
+            worker.start()
+        time.sleep(3)
+        group[0].kill()  # SIGKILL: its locks expire by observation (--lock-max-ttl)
+        group[1].process.send_signal(signal.SIGSTOP)  # frozen past the TTL, then back
+        time.sleep(7)
+        group[1].process.send_signal(signal.SIGCONT)
+        if count > 2:
+            with api_path.outage():  # s2 alone loses the API for twice the TTL
+                time.sleep(6)
+        time.sleep(3)
+    finally:
+        stop.set()
+        for worker in workers:
+            worker.join(15)
+        sidecars.stop_all(group)
+    total = assert_no_overlap(workers)
+    record_property("figure", f"keyed locks, {count} sidecars, {keys} keys: {total} holds, none overlapping")
+    assert total >= 4
+
+
+def test_released_keys_are_collected_and_tokens_never_go_back(namespace: str, tmp_path: Path) -> None:
+    a = start("a", "locks", namespace, tmp_path, "--lock-gc-after", "3s")
+    b = start("b", "locks", namespace, tmp_path, "--lock-gc-after", "3s")
+    try:
+        tokens = []
+        for turn in range(3):
+            sidecar = (a, b)[turn % 2]
+            status, held, _ = call(sidecar, "POST", lock_path("nightly", wait="10s"))
+            assert status == 200, held
+            tokens.append(held["fencing_token"])
+            status, _, _ = call(sidecar, "DELETE", lock_path("nightly", owner=held["owner"]))
+            assert status == 200
+            name = held["lease"].split("/")[1]
+            sidecars.wait_for(lambda name=name: "NotFound" in kubectl(
+                "get", "lease", name, "-n", namespace, check=False), timeout=30, interval=0.3)
+        assert tokens == sorted(tokens) and len(set(tokens)) == 3, tokens
+    finally:
+        sidecars.stop_all([a, b])
+
+
+def test_a_lost_locks_late_write_is_refused_by_the_postgresql_fence(
+        namespace: str, tmp_path: Path, postgres_dsn: str) -> None:
+    import psycopg
+    from lease_sidecar_client.psycopg import StaleToken, fence, install
+
+    a = start("a", "locks", namespace, tmp_path)
+    b = start("b", "locks", namespace, tmp_path)
+    try:
+        status, first, _ = call(a, "POST", lock_path("ledger", ttl="3s"))
+        assert status == 200, first
+        a.process.send_signal(signal.SIGSTOP)  # the holder hangs past its deadline
+        status, second, _ = call(b, "POST", lock_path("ledger", wait="15s"), timeout=20)
+        assert status == 200 and second["fencing_token"] > first["fencing_token"], second
+        assert second["lease"] == first["lease"]
+        with psycopg.connect(postgres_dsn, autocommit=True) as conn:
+            install(conn)
+            with conn.transaction():
+                fence(conn, second["fencing_token"], scope=second["lease"])
+            with pytest.raises(StaleToken), conn.transaction():
+                fence(conn, first["fencing_token"], scope=first["lease"])  # the late write
+        a.process.send_signal(signal.SIGCONT)
+        status, lost, _ = call(a, "PUT", lock_path("ledger", owner=first["owner"]))
         assert status == 409, lost
     finally:
         sidecars.stop_all([a, b])
