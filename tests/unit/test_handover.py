@@ -138,16 +138,17 @@ def test_a_resign_names_a_successor_too() -> None:
     assert release.record.successor == "web-bbb-1"
 
 
-def test_successor_view_skips_members_whose_app_never_heartbeated() -> None:
+def test_successor_view_skips_members_whose_app_is_not_alive() -> None:
     from sidecar.wiring.leader_parts import SuccessorView
 
     class Clock:
         def now(self) -> Moment:
             return at(7)
 
-    rows = [{"identity": "web-bbbbbb1-new01", "alive": True, "role": "standby", "app_heartbeat_at": None},
+    rows = [{"identity": "web-bbbbbb1-new01", "alive": True, "role": "standby", "app_heartbeat_at": None,
+             "app_alive": False},
             {"identity": "web-bbbbbb1-new02", "alive": True, "role": "standby",
-             "app_heartbeat_at": "2026-01-01T00:00:00.000000Z"},
+             "app_heartbeat_at": "2026-01-01T00:00:00.000000Z", "app_alive": True},
             {"identity": "web-aaaaaa1-old01", "alive": True, "role": "unknown", "app_heartbeat_at": None}]
     elector = Elector("web-aaaaaa1-old00", CONFIG)
     SuccessorView(elector, Clock(), lambda _now: rows, app_gated=True).on_snapshot({})
