@@ -1,9 +1,13 @@
 """Ask a Lease's holder, through the Lease, to hand over to a named successor (`lease-sidecar handover`).
 
-The request is the annotation `lease-sidecar.io/handover-to` plus `spec.preferredHolder`, written
-with the resourceVersion just read (a conflict re-reads and tries again). The apiserver drops
-`preferredHolder` unless the CoordinatedLeaderElection feature gate is on: the answer of the write
-tells which. Everything else in the record is left as it was.
+The request is the annotation `lease-sidecar.io/handover-to`, written with the resourceVersion
+just read (a conflict re-reads and tries again). `spec.preferredHolder` is added only when the
+Lease already carries a `spec.strategy` (a coordinated leader election set it up): with the
+CoordinatedLeaderElection feature gate on, the apiserver refuses a preferredHolder without a
+strategy (422, and the annotation sent in the same request is lost with it), and this command
+never sets a strategy itself, which would change how that election works. Without the gate the
+apiserver drops both fields; the answer of the write tells whether preferredHolder was kept.
+Everything else in the record is left as it was.
 """
 
 from __future__ import annotations
@@ -26,7 +30,9 @@ class HandoverRequest:
     holder: str
     """The holder when the request was written ("" if free)."""
     preferred_holder_kept: bool
-    """The apiserver stored spec.preferredHolder (the CoordinatedLeaderElection gate is on)."""
+    """spec.preferredHolder was sent (the Lease has a strategy) and the apiserver stored it."""
+    strategy: str = ""
+    """The Lease's spec.strategy as stored ("" without one: the annotation alone was sent)."""
 
 
 class HandoverError(Exception):
@@ -42,7 +48,9 @@ async def request_handover(api_client: ApiClient, namespace: str, lease: str, su
         metadata = dict(body.get("metadata") or {})
         metadata["annotations"] = {**(metadata.get("annotations") or {}), HANDOVER_ANNOTATION: successor}
         body["metadata"] = metadata
-        body["spec"] = {**(body.get("spec") or {}), "preferredHolder": successor}
+        spec = body.get("spec") or {}
+        if spec.get("strategy"):
+            body["spec"] = {**spec, "preferredHolder": successor}
         try:
             stored = await call_json("update lease", timeout_s, api.replace_namespaced_lease, lease, namespace, body)
         except ApiCallFailed as error:
@@ -50,7 +58,7 @@ async def request_handover(api_client: ApiClient, namespace: str, lease: str, su
                 continue
             raise HandoverError(str(error)) from error
         record = LeaseRecord.from_lease(stored)
-        return HandoverRequest(record.holder, record.preferred_holder == successor)
+        return HandoverRequest(record.holder, record.preferred_holder == successor, record.strategy)
     raise HandoverError(f"lease {namespace}/{lease} kept changing; {_ATTEMPTS} attempts conflicted")
 
 

@@ -32,10 +32,14 @@ def handover_main(args: argparse.Namespace) -> int:
         client = await make_api_client(RunSettings(kubeconfig=args.kubeconfig))
         try:
             request = await request_handover(client, namespace, args.lease, args.successor, 5.0)
-            kept = "kept" if request.preferred_holder_kept else "dropped by the apiserver (no " \
-                                                                 "CoordinatedLeaderElection gate); the annotation asks"
+            if not request.strategy:
+                how = "annotation lease-sidecar.io/handover-to; no spec.strategy, so no spec.preferredHolder"
+            elif request.preferred_holder_kept:
+                how = f"annotation and spec.preferredHolder, strategy {request.strategy}"
+            else:
+                how = "annotation; spec.preferredHolder dropped by the apiserver"
             print(f"asked {request.holder or '(nobody)'} to hand {namespace}/{args.lease} over to "
-                  f"{args.successor} (spec.preferredHolder {kept})")
+                  f"{args.successor} ({how})")
             if not wait_s:
                 return 0
             holder, waited = await wait_for_holder(client, namespace, args.lease, args.successor, wait_s)

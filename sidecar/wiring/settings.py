@@ -170,7 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     handover = commands.add_parser(
         "handover", help="ask a lease's leader to hand over to a named successor",
         description="Writes the request into the Lease (annotation lease-sidecar.io/handover-to, and "
-                    "spec.preferredHolder where the apiserver keeps it); the leader releases to that "
+                    "spec.preferredHolder only if the Lease has a spec.strategy); the leader releases to that "
                     "successor, and only it may take the lease for a short window. Waits until it holds "
                     "the lease. Also a kubectl plugin: kubectl lease-handover --lease NAME --to IDENTITY.")
     handover.add_argument("--lease", required=True, help="name of the Lease")
