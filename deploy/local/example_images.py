@@ -69,8 +69,13 @@ class ExampleImage:
             digest.update(path.read_bytes())
         return digest.hexdigest()[:16]
 
+    @property
+    def tarball_prefix(self) -> str:
+        # Not "lease-sidecar-...": image.py prunes that pattern, keeping only its own newest few.
+        return f"example-{self.name.removeprefix('lease-sidecar-')}"
+
     def tarball_path(self) -> Path:
-        return image.IMAGES_DIR / f"{self.name}-{self.digest()}.tar"
+        return image.IMAGES_DIR / f"{self.tarball_prefix}-{self.digest()}.tar"
 
 
 def _is_source(path: Path) -> bool:
@@ -137,7 +142,8 @@ def tarball(spec: ExampleImage) -> Path:
 
 
 def _prune(spec: ExampleImage, keep: Path) -> None:
-    tarballs = sorted(image.IMAGES_DIR.glob(f"{spec.name}-*.tar"), key=lambda p: p.stat().st_mtime, reverse=True)
+    tarballs = sorted(image.IMAGES_DIR.glob(f"{spec.tarball_prefix}-*.tar"), key=lambda p: p.stat().st_mtime,
+                      reverse=True)
     for old in [p for p in tarballs if p != keep and ".partial" not in p.name][KEPT_TARBALLS_PER_IMAGE - 1:]:
         old.unlink(missing_ok=True)
 
