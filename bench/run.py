@@ -813,6 +813,9 @@ def main() -> int:
         bench.record(window["system"], "standby_api_requests_per_min", statistics.mean(window["standby_per_min"]))
 
     rows = rows_from(bench.values)
+    import fence  # bench/fence.py: the storage fence's cost per write, the tick ledger's claims per second
+
+    rows += fence.measure(RUNS)
     machine["wall_time_s"] = round(time.monotonic() - started, 1)
     (BENCH / "results.json").write_text(json.dumps(rows, indent=2) + "\n")
     (BENCH / "machine.json").write_text(json.dumps(machine, indent=2) + "\n")
@@ -1017,6 +1020,10 @@ if __name__ == "__main__":
             sys.exit(local_api_main())
         finally:
             kill_all()
+    if sys.argv[1:] == ["--fence"]:
+        import fence
+
+        sys.exit(fence.main())
     if sys.argv[1:] == ["--handover"]:
         try:
             sys.exit(handover_main())

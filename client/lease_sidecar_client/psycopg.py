@@ -39,6 +39,10 @@ __all__ = [
     "idle_timeout_ms", "install", "last_tick", "missed_ticks", "unfinished_ticks",
 ]
 
+# set_config(..., true) is SET LOCAL: the timeout ends with the transaction.
+FENCED_BEGIN = "SELECT set_config('idle_in_transaction_session_timeout', %s, true), lease_fence(%s, %s)"
+
+
 @contextlib.contextmanager
 def _stale_token_as_exception() -> Iterator[None]:
     try:
@@ -93,9 +97,10 @@ def fenced_transaction(conn: psycopg.Connection[Any], term: Term | int, scope: s
     term (GC, SIGSTOP, a VM stall) cannot commit later. StaleToken if the token is stale; TermEnded
     if the term has no time left before it starts."""
     timeout_ms = idle_timeout_ms(term, idle_timeout_s)
+    scope, token = scope_and_token(term, scope)
     with conn.transaction():
-        conn.execute(f"SET LOCAL idle_in_transaction_session_timeout = {timeout_ms:d}")
-        fence(conn, term, scope)
+        with _stale_token_as_exception():  # one round trip: the timeout (SET LOCAL) and the fence
+            conn.execute(FENCED_BEGIN, (str(timeout_ms), scope, token))
         yield conn
 
 
@@ -161,9 +166,10 @@ async def afinish_tick(conn: psycopg.AsyncConnection[Any], term: Term | int, job
 async def afenced_transaction(conn: psycopg.AsyncConnection[Any], term: Term | int, scope: str | None = None,
                               idle_timeout_s: float | None = None) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
     timeout_ms = idle_timeout_ms(term, idle_timeout_s)
+    scope, token = scope_and_token(term, scope)
     async with conn.transaction():
-        await conn.execute(f"SET LOCAL idle_in_transaction_session_timeout = {timeout_ms:d}")
-        await afence(conn, term, scope)
+        with _stale_token_as_exception():
+            await conn.execute(FENCED_BEGIN, (str(timeout_ms), scope, token))
         yield conn
 
 

@@ -29,6 +29,9 @@ __all__ = ["StaleToken", "aclaim_tick", "afence", "afenced_transaction", "afinis
            "fenced_transaction", "finish_tick", "install", "last_tick"]
 
 Executor = Any  # sqlalchemy Connection or orm Session (both have .execute and .begin)
+# set_config(..., true) is SET LOCAL: the timeout ends with the transaction.
+FENCED_BEGIN = text("SELECT set_config('idle_in_transaction_session_timeout', :timeout, true),"
+                    " lease_fence(:scope, :token)")
 
 
 def _sqlstate(error: BaseException) -> str | None:
@@ -98,9 +101,10 @@ def fenced_transaction(executor: Executor, term: Term | int, scope: str | None =
     """`executor.begin()`, then SET LOCAL idle_in_transaction_session_timeout below the term's
     remaining time (or `idle_timeout_s`), then the fence; commits at the end of the block."""
     timeout_ms = idle_timeout_ms(term, idle_timeout_s)
+    scope, token = scope_and_token(term, scope)
     with executor.begin():
-        executor.execute(text(f"SET LOCAL idle_in_transaction_session_timeout = {timeout_ms:d}"))
-        fence(executor, term, scope)
+        with _stale_token_as_exception():  # one round trip: the timeout (SET LOCAL) and the fence
+            executor.execute(FENCED_BEGIN, {"timeout": str(timeout_ms), "scope": scope, "token": token})
         yield executor
 
 
@@ -135,7 +139,8 @@ async def afinish_tick(executor: Executor, term: Term | int, job: str, scheduled
 async def afenced_transaction(executor: Executor, term: Term | int, scope: str | None = None,
                               idle_timeout_s: float | None = None) -> AsyncIterator[Executor]:
     timeout_ms = idle_timeout_ms(term, idle_timeout_s)
+    scope, token = scope_and_token(term, scope)
     async with executor.begin():
-        await executor.execute(text(f"SET LOCAL idle_in_transaction_session_timeout = {timeout_ms:d}"))
-        await afence(executor, term, scope)
+        with _stale_token_as_exception():
+            await executor.execute(FENCED_BEGIN, {"timeout": str(timeout_ms), "scope": scope, "token": token})
         yield executor
