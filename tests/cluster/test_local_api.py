@@ -150,6 +150,40 @@ def test_role_files_follow_every_step_including_sigterm(pair: list[sidecars.Side
     assert (standby.role_dir / "role").read_text() == "standby\n"
 
 
+def test_the_deadline_is_on_the_shared_monotonic_clock_and_renewals_are_pushed(
+        pair: list[sidecars.Sidecar]) -> None:
+    """Issue 17 item 3, on real sidecars: this test runs on the same node, so its time.monotonic()
+    is the sidecar's clock, as it is for any container of the pod."""
+    leader, standby = pair
+    body = leader.leader()
+    now = time.monotonic()
+    assert 0 < body["valid_until_monotonic"] - now <= 2.5 + 0.1  # never more than the renew deadline
+    assert 0 < body["valid_for_seconds"] <= 2.5
+    assert body["lease_uid"] and body["draining"] is False
+    stand = standby.leader()
+    assert stand["valid_until_monotonic"] is None and stand["valid_for_seconds"] is None
+    assert stand["lease_uid"] == body["lease_uid"]
+    status = json.loads((leader.role_dir / "status.json").read_text())
+    assert status["valid_until_monotonic"] > now - 2.5  # rewritten at every renewal
+
+    conn = http.client.HTTPConnection("127.0.0.1", leader.http_port, timeout=10)
+    conn.request("GET", "/leader/events")
+    resp = conn.getresponse()
+    events: list[tuple[str, dict[str, Any]]] = []
+    kind = ""
+    while len(events) < 4:  # the current state, then renewals (one a second here)
+        line = resp.fp.readline().decode()
+        if line.startswith("event: "):
+            kind = line[7:].strip()
+        elif line.startswith("data: "):
+            events.append((kind, json.loads(line[6:])))
+    conn.close()
+    assert [kind for kind, _ in events] == ["leader", "renewal", "renewal", "renewal"]
+    assert len({data["version"] for _, data in events}) == 1  # a renewal is no new version
+    deadlines = [data["valid_until_monotonic"] for _, data in events]
+    assert deadlines == sorted(deadlines) and len(set(deadlines)) == 4
+
+
 async def test_client_helpers(pair: list[sidecars.Sidecar]) -> None:
     leader, standby = pair
     assert client.is_leader(leader.url) is True
