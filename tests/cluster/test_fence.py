@@ -205,6 +205,24 @@ def test_the_ledger_claims_each_tick_once_across_two_concurrent_claimers(dsn: st
         assert conn.execute("SELECT count(*) FROM lease_tick_ledger").fetchone() == (len(rows),)
 
 
+def test_a_claimed_but_unfinished_tick_is_reported_and_never_claimed_again(dsn: str) -> None:
+    """At most once: the claim commits first; a job that never finishes leaves its tick reported."""
+    tick = datetime(2026, 1, 1, 12, tzinfo=UTC)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        with lease_pg.fenced_transaction(conn, term(5)):
+            assert lease_pg.claim_tick(conn, term(5), "call-partner", tick)
+        # ... the job starts and its pod dies: no finish. A newer term looks at the ledger:
+        assert [(job, at, token) for _, job, at, token, _ in lease_pg.unfinished_ticks(conn, "ns/app")] == [
+            ("call-partner", tick, 5)]
+        with lease_pg.fenced_transaction(conn, term(6)):
+            assert not lease_pg.claim_tick(conn, term(6), "call-partner", tick)  # never rerun
+            assert not lease_pg.finish_tick(conn, term(6), "call-partner", tick)  # not its claim
+        with conn.transaction():
+            assert lease_pg.finish_tick(conn, term(5), "call-partner", tick)  # the claimer's own report
+            assert not lease_pg.finish_tick(conn, term(5), "call-partner", tick)
+        assert lease_pg.unfinished_ticks(conn) == []
+
+
 def test_sqlalchemy_fences_and_claims_like_psycopg(dsn: str) -> None:
     engine = sqlalchemy.create_engine(dsn.replace("postgresql://", "postgresql+psycopg://"))
     try:
