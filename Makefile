@@ -14,7 +14,7 @@ OTHER_PYTHONS ?= 3.12 3.13
 # pyenv's newest X.Y.*, else pythonX.Y on PATH.
 python_for = $(or $(lastword $(sort $(wildcard $(HOME)/.pyenv/versions/$(1).*/bin/python$(1)))),python$(1))
 
-.PHONY: venv lock cluster demo demo-pods test client-test unit unit-optimized test-pythons other-venvs python-subset lint bench bench-api down clean
+.PHONY: venv lock cluster demo demo-pods test client-test unit unit-optimized test-pythons other-venvs python-subset lint bench bench-api bench-beat down clean
 
 # Installs come only from the hashed lock files in requirements/ (`make lock` refreshes them):
 # uv.lock pins the installer, dev.lock the package's dependencies with every extra, runtime.lock
@@ -120,6 +120,12 @@ bench: venv cluster
 bench-api: venv cluster
 	$(MAKE) --no-print-directory venv PYTHON=$(call python_for,$(IMAGE_PYTHON))
 	BENCH_SIDECAR_PYTHON=$(CURDIR)/.venv-$(IMAGE_PYTHON)/bin/python $(PY) bench/run.py --local-api
+
+# Scheduled work under faults, side by side with celery-redbeat, single-beat and a naive poller
+# (bench/beat.py): duplicate and missed ticks, the beat's gap, backend requests. About 15 minutes.
+BEAT_ROUNDS ?= 5
+bench-beat: venv cluster
+	BEAT_ROUNDS=$(BEAT_ROUNDS) $(PY) bench/beat.py
 
 down:
 	$(CLUSTER) down

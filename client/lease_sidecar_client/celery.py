@@ -83,6 +83,9 @@ DEFAULTS: dict[str, Any] = {
     "lease_sidecar_heartbeat_interval_s": 1.0,
 }
 
+STANDBY_POLL_S = 0.25
+"""How often a standby beat asks its sidecar whether it leads now (besides its heartbeats)."""
+
 logger = logging.getLogger("lease_sidecar_client.celery")
 
 
@@ -226,11 +229,15 @@ class LeaderScheduler(Scheduler):
         if now_monotonic >= self._next_heartbeat_at:
             self._heartbeat()
             self._next_heartbeat_at = now_monotonic + self.heartbeat_interval_s
+        elif self._term is None and not self._draining:
+            # A standby asks between heartbeats too (a GET on localhost), so a hand-over does not
+            # wait for the next heartbeat to learn that this pod leads now.
+            self._term = self.sidecar.status_and_term()[1]
         until_heartbeat = max(0.0, self._next_heartbeat_at - time.monotonic())
         term = self._term
         if term is None or self._draining or not term.is_valid():
             self._led_term = None
-            return min(until_heartbeat, self.max_interval)
+            return min(until_heartbeat, STANDBY_POLL_S, self.max_interval)
         now = datetime.now(UTC)
         scope = self.scope or term.lease
         schedules = self._schedules()
