@@ -62,7 +62,9 @@ from sidecar.core.record import LeaseRecord
 MAX_KEY_CHARS = 200
 KEY_GRAMMAR = ("1 to 200 characters: segments of letters, digits, '.', '_', ':' and '-', each starting with "
                "a letter or digit, joined by single '/'")
-_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]*(/[A-Za-z0-9][A-Za-z0-9._:-]*)*$")
+KEY_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]*(/[A-Za-z0-9][A-Za-z0-9._:-]*)*$"
+_KEY = re.compile(KEY_PATTERN)
+_ZERO = re.compile(r"^\s*(0+(\.0*)?|\.0+)\s*(ms|s|m|h)?\s*$")
 _PREFIX = re.compile(r"^[a-z0-9]([-a-z0-9.]*)$")
 MAX_PREFIX_CHARS = 180
 MIN_MAX_TTL_S = 3.0
@@ -98,10 +100,7 @@ def parse_ttl_s(raw: str | None, max_ttl_s: float) -> float:
     """`?ttl=` (default: the max). From 1s to --lock-max-ttl."""
     if raw is None:
         return max_ttl_s
-    try:
-        ttl_s = parse_duration_s(raw, "ttl")
-    except ConfigError as error:
-        raise BadRequest(str(error)) from None
+    ttl_s = _seconds(raw, "ttl")
     if not MIN_TTL_S <= ttl_s <= max_ttl_s:
         raise BadRequest(f"ttl: must be from {MIN_TTL_S:g}s to --lock-max-ttl ({max_ttl_s:g}s); got {raw[:40]!r}")
     return ttl_s
@@ -109,15 +108,33 @@ def parse_ttl_s(raw: str | None, max_ttl_s: float) -> float:
 
 def parse_wait_s(raw: str | None) -> float:
     """`?wait=` (default 0: answer at once). 0 to 300s."""
-    if raw is None or raw.strip() in ("0", "0s"):
+    if raw is None:
+        return 0.0
+    if _ZERO.match(raw):
         return 0.0
     try:
-        wait_s = parse_duration_s(raw, "wait")
-    except ConfigError as error:
-        raise BadRequest(str(error)) from None
+        if float(raw) == 0:  # a number of seconds (any float spelling); 0 answers at once
+            return 0.0
+    except ValueError:
+        pass
+    wait_s = _seconds(raw, "wait")
     if wait_s > MAX_WAIT_S:
         raise BadRequest(f"wait: must be at most {MAX_WAIT_S:g}s; got {raw[:40]!r}")
     return wait_s
+
+
+def _seconds(raw: str, name: str) -> float:
+    """A number of seconds in any float spelling (`2`, `0.5`, `1e1`), or a duration (`5s`, `500ms`)."""
+    try:
+        seconds = float(raw)
+    except ValueError:
+        try:
+            return parse_duration_s(raw, name)
+        except ConfigError as error:
+            raise BadRequest(str(error)) from None
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise BadRequest(f"{name}: must be a positive number of seconds or a duration like 5s; got {raw[:40]!r}")
+    return seconds
 
 
 def check_prefix(prefix: str) -> str:

@@ -16,8 +16,17 @@ from typing import Any
 
 from aiohttp import web
 
-from sidecar.core.keyed_locks import BadRequest, check_handle, check_key, parse_ttl_s, parse_wait_s
+from sidecar.core.keyed_locks import (
+    KEY_PATTERN,
+    MAX_WAIT_S,
+    BadRequest,
+    check_handle,
+    check_key,
+    parse_ttl_s,
+    parse_wait_s,
+)
 from sidecar.engine.keyed_locks import KeyedLocks, LockRefused
+from sidecar.publish.openapi import describe_locks
 
 LOCKS: web.AppKey[KeyedLocks] = web.AppKey("locks", KeyedLocks)
 PATH = "/locks/{key:.+}"
@@ -80,6 +89,7 @@ async def get_lock(request: web.Request, locks: KeyedLocks, key: str) -> web.Res
 
 def add_routes(app: web.Application, locks: KeyedLocks) -> None:
     app[LOCKS] = locks
+    describe_locks(locks.max_ttl_s, KEY_PATTERN, MAX_WAIT_S)
     resource = app.router.add_resource(PATH)
     resource.add_route("POST", _guarded(post_lock))
     resource.add_route("PUT", _guarded(put_lock))

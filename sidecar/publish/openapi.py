@@ -184,3 +184,63 @@ OPENAPI: dict[str, Any] = {
     },
     "components": {"schemas": {"App": _APP, "HeartbeatInfo": _HEARTBEAT_INFO}},
 }
+
+
+def describe_locks(max_ttl_s: float, key_pattern: str, max_wait_s: float) -> None:
+    """With --locks: /locks/{key} joins this document (its ttl bound is --lock-max-ttl)."""
+    key = {"name": "key", "in": "path", "required": True,
+           "schema": {"type": "string", "minLength": 1, "maxLength": 200, "pattern": key_pattern},
+           "description": "Segments of letters, digits, '.', '_', ':' and '-', each starting with a letter or "
+                          "digit, joined by single '/'; at most 200 characters."}
+    owner = {"name": "owner", "in": "query", "required": True,
+             "schema": {"type": "string", "pattern": "^[0-9a-f]{16}$"},
+             "description": "The handle the acquisition returned."}
+    hold = {"type": "object", "required": ["key", "owner", "fencing_token", "lease", "valid_until_monotonic",
+                                          "valid_for_seconds"],
+            "properties": {"key": {"type": "string"}, "owner": {"type": "string"},
+                           "fencing_token": {"type": "integer", "description": "Grows with every acquisition of "
+                                             "the key, never restarts; fence with lease_fence(lease, token)."},
+                           "lease": {"type": "string", "description": "namespace/name: the fence's scope."},
+                           "valid_until_monotonic": {"type": "number", "description": "CLOCK_MONOTONIC seconds at "
+                                                     "which the lock may end unless renewed (PUT) before."},
+                           "valid_for_seconds": {"type": "number", "minimum": 0},
+                           "ttl_seconds": {"type": "number"}}}
+    refused = {"type": "object", "required": ["error", "status", "key"],
+               "properties": {"error": {"type": "string"}, "status": {"type": "integer"}, "key": {"type": "string"},
+                              "holder": {"type": ["string", "null"]}, "lease": {"type": ["string", "null"]},
+                              "retry_after_seconds": {"type": "number"}}}
+    retry = {"Retry-After": {"schema": {"type": "string"}, "description": "Whole seconds."}}
+    busy = {**_json(refused, "Held by another owner (or not free yet, or the wait ran out)"), "headers": retry}
+    limited = {**_json(refused, "Over the pod's request rate or key limit"), "headers": retry}
+    bad = _json(_ERROR, "A bad key, ttl, wait or owner")
+    state = {"type": "object", "required": ["key", "lease", "locked", "holder"],
+             "properties": {"key": {"type": "string"}, "lease": {"type": "string"}, "locked": {"type": "boolean"},
+                            "holder": {"type": ["string", "null"]}, "observed": {"type": "boolean"},
+                            **hold["properties"]}}
+    OPENAPI["paths"]["/locks/{key}"] = {
+        "parameters": [key],
+        "post": {"summary": "try_acquire: the lock for a new owner, or 409 with the holder.",
+                 "parameters": [{"name": "ttl", "in": "query", "required": False,
+                                 "schema": {"type": "number", "minimum": 1, "maximum": max_ttl_s},
+                                 "description": "Seconds (also 5s, 1500ms) the owner may go without renewing "
+                                                "(default and maximum: --lock-max-ttl)."},
+                                {"name": "wait", "in": "query", "required": False,
+                                 "schema": {"type": "number", "minimum": 0, "maximum": max_wait_s},
+                                 "description": "Seconds to wait for the key, watching (default 0)."}],
+                 "responses": {"200": _json(hold, "Acquired"), "400": bad, "409": busy, "429": limited}},
+        "put": {"summary": "renew: the owner is alive; answers the new deadline, or 409 once lost.",
+                "parameters": [owner],
+                "responses": {"200": _json(hold, "Renewed"), "400": bad, "409": _json(refused, "Lost, or never "
+                                                                                                "held by this owner"),
+                              "429": limited}},
+        "delete": {"summary": "release: the Lease is released at once (others take it without waiting).",
+                   "parameters": [owner],
+                   "responses": {"200": _json({"type": "object", "required": ["key", "released"],
+                                               "properties": {"key": {"type": "string"},
+                                                              "released": {"type": "boolean"},
+                                                              "release_written": {"type": "boolean"}}}, "Released"),
+                                 "400": bad, "409": _json(refused, "Not held by this owner"), "429": limited}},
+        "get": {"summary": "is_locked: holder as this sidecar observes it; with owner, its token and deadline.",
+                "parameters": [{**owner, "required": False}],
+                "responses": {"200": _json(state, "State"), "400": bad, "429": limited}},
+    }

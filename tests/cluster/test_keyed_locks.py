@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -19,7 +22,19 @@ import pytest
 
 from tests.cluster import sidecars
 from tests.cluster.blackhole import BlackHoleProxy
-from tests.cluster.kube import kubectl
+from tests.cluster.kube import get_lease, kubectl, service_account_dir
+from tests.cluster.test_chart import (  # noqa: F401  (charts, helm_env: the chart tests' fixtures)
+    EXAMPLE,
+    LEASE,
+    can_i,
+    charts,
+    helm_env,
+    install_rbac,
+    one,
+    render,
+    sidecar_of,
+)
+from tests.conftest import ROOT, localcluster
 
 LOCKS = ("--locks", "--lock-max-ttl", "3", "--log-level", "debug")
 
@@ -221,3 +236,65 @@ def test_a_lost_locks_late_write_is_refused_by_the_postgresql_fence(
         assert status == 409, lost
     finally:
         sidecars.stop_all([a, b])
+
+
+def test_the_charts_role_with_locks_is_enough_for_acquire_renew_release_and_collection(
+        charts: Path, helm_env: dict[str, str], namespace: str, tmp_path: Path) -> None:  # noqa: F811
+    """--locks on the rendered Role's ServiceAccount token alone: list, watch, create, update and
+    delete of lock Leases all pass, and the Role grants nothing beyond list/watch/update/delete."""
+    docs = render(helm_env, charts / EXAMPLE, "--set", "lease-sidecar.locks.enabled=true",
+                  "--set", "lease-sidecar.locks.maxTTL=3", namespace=namespace)
+    token = install_rbac(docs, namespace)
+    granted = [("list", "leases"), ("watch", "leases"), ("update", "leases/other"), ("delete", "leases/other"),
+               ("create", "leases")]
+    denied = [("get", "leases/other"), ("patch", "leases/other"), ("deletecollection", "leases")]
+    assert [g for g in granted if not can_i(token, namespace, *g)] == []
+    assert [d for d in denied if can_i(token, namespace, *d)] == []
+    container, _ = sidecar_of(one(docs, "Deployment")["spec"]["template"]["spec"])
+    chart_env = {item["name"]: item["value"] for item in container["env"]
+                 if item["name"].startswith("LEASE_SIDECAR_") and "value" in item}
+    assert chart_env["LEASE_SIDECAR_LOCKS"] == "true" and chart_env["LEASE_SIDECAR_LOCK_MAX_TTL"] == "3"
+    env = {**chart_env, "KUBERNETES_SERVICE_HOST": "127.0.0.1",
+           "KUBERNETES_SERVICE_PORT": str(localcluster.APISERVER_PORT),
+           "LEASE_SIDECAR_IN_CLUSTER_DIR": str(service_account_dir(tmp_path, token, namespace)),
+           "POD_NAMESPACE": namespace, "LEASE_SIDECAR_LOCK_GC_AFTER": "3s"}
+    sidecar = sidecars.start("demo-pod-0", LEASE, namespace, tmp_path, kubeconfig=None, env=env,
+                             drop_env=("KUBECONFIG",), timing=())
+    app = sidecars.start_app(sidecar)  # the example turns app liveness on: locks need a live app
+    try:
+        sidecars.wait_for(lambda: call(sidecar, "POST", lock_path("probe"))[0] == 200, timeout=20, interval=0.5)
+        status, held, _ = call(sidecar, "GET", lock_path("probe"))
+        assert status == 200 and held["locked"], held
+        status, held, _ = call(sidecar, "POST", lock_path("rbac/check", wait="5s"))
+        assert status == 200, held
+        assert call(sidecar, "PUT", lock_path("rbac/check", owner=held["owner"]))[0] == 200
+        assert call(sidecar, "DELETE", lock_path("rbac/check", owner=held["owner"]))[1]["release_written"]
+        name = held["lease"].split("/")[1]
+        sidecars.wait_for(lambda: get_lease(namespace, name) is None, timeout=30, interval=0.3)  # collected
+    finally:
+        app.kill()
+        sidecars.stop_all([sidecar])
+    logs = sidecar.logs()
+    assert "Forbidden" not in logs and " 403" not in logs, logs[-3000:]
+
+
+def test_the_locks_api_passes_schemathesis(namespace: str, tmp_path: Path) -> None:
+    sidecar = start("schema", "locks", namespace, tmp_path, "--lock-rate", "1000")
+    try:
+        st = Path(sys.executable).with_name("st")
+        result = subprocess.run(
+            [str(st), "--config-file", str(Path(__file__).with_name("schemathesis_locks.toml")), "run",
+             f"{sidecar.url}/openapi.json", "--checks", "all", "--include-path-regex", "^/locks/",
+             "--max-examples", os.environ.get("SCHEMATHESIS_MAX_EXAMPLES", "60"),
+             "--seed", os.environ.get("SCHEMATHESIS_SEED", "20261203"), "--request-timeout", "10",
+             "--workers", "1", "--no-color"],
+            capture_output=True, text=True, timeout=600, cwd=tmp_path,
+            env={**os.environ, "SCHEMATHESIS_HOOKS": "tests.cluster.schemathesis_lock_hooks",
+                 "PYTHONPATH": str(ROOT)})
+        output = result.stdout + result.stderr
+        print(output[-3000:])
+        assert result.returncode == 0, output[-8000:]
+        assert "Operations:" in output and " 0 selected" not in output, output[-3000:]
+        assert sidecar.alive() and "Traceback" not in sidecar.logs()
+    finally:
+        sidecars.stop_all([sidecar])

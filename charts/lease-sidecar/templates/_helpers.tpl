@@ -310,6 +310,18 @@ A list item: the sidecar container, with restartPolicy: Always when the mode is 
     - name: LEASE_SIDECAR_MEMBERS
       value: "true"
     {{- end }}
+    {{- if ($v.locks).enabled }}
+    - name: LEASE_SIDECAR_LOCKS
+      value: "true"
+    {{- with $v.locks.prefix }}
+    - name: LEASE_SIDECAR_LOCK_PREFIX
+      value: {{ . | quote }}
+    {{- end }}
+    {{- if not (eq (toString $v.locks.maxTTL) "" "<nil>") }}
+    - name: LEASE_SIDECAR_LOCK_MAX_TTL
+      value: {{ toString $v.locks.maxTTL | quote }}
+    {{- end }}
+    {{- end }}
     {{- range $key := keys $durations | sortAlpha }}
     {{- $value := index $v.election $key }}
     {{- if not (eq (toString $value) "" "<nil>") }}
@@ -597,6 +609,15 @@ rules:
   # and watch the members by label; delete records stale for ten TTLs (with a resourceVersion
   # precondition). Pod names are generated and RBAC matches neither labels nor name prefixes, so
   # this covers every Lease of the namespace (no get, patch or deletecollection).
+  - apiGroups: ["coordination.k8s.io"]
+    resources: ["leases"]
+    verbs: ["list", "watch", "update", "delete"]
+  {{- end }}
+  {{- if (.Values.locks).enabled }}
+  # --locks: one Lease per key, named from the key (RBAC matches no name prefix, so this is every
+  # Lease of the namespace): list and watch them by label, update to renew and release, delete a
+  # released key's Lease (with a resourceVersion precondition). Reads are lists by name; no get,
+  # patch or deletecollection.
   - apiGroups: ["coordination.k8s.io"]
     resources: ["leases"]
     verbs: ["list", "watch", "update", "delete"]
