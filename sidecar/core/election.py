@@ -9,6 +9,12 @@ Leader
 * L1. A leader leads only until `renew_deadline` (D) after the *start* of its last successful
   write; D < lease TTL (d) is validated. It steps down at once, before that, when it observes its
   record deleted, or naming another holder, another token, or no holder.
+* L3 (rule A, the app: core/liveness.py). A term ends at the first moment its app forbids
+  leading: a resign (whatever the sit-out, 0 included) or the app's heartbeat TTL lapsing. The
+  view says standby from that very moment (the driver arms a timer for it, as for the renew
+  deadline), and nothing brings that term back: not a late heartbeat, not a renewal or read that
+  was in flight. The next action releases (naming a successor, H1); after a sit-out of 0 the
+  candidate may campaign again at once, in a new term.
 * L2. Every new term carries a fencing token larger than any stored in the Lease or seen by this
   process. A record naming our identity with a token we did not write (a previous life, or a
   duplicate process) is someone else's.
@@ -260,8 +266,15 @@ class Elector:
     # ------------------------------------------------------------------ queries
 
     def is_leader(self, now_mono: float) -> bool:
+        # Standby the moment the app's TTL passes or it resigns, and for good: see _app_ended.
         return self._term is not None and not self._closing and now_mono < self.valid_until_mono \
-            and self.gate.allows_leading(now_mono)  # standby the moment the app's TTL passes or it resigns
+            and self._app_ended(now_mono) is None
+
+    def _app_ended(self, now_mono: float) -> str | None:
+        """Why the app ended the current term (rule A), or None."""
+        if self._term is None:
+            return None
+        return self.gate.term_end_reason(self._term.started.mono, now_mono)
 
     @property
     def valid_until_mono(self) -> float:
@@ -282,7 +295,7 @@ class Elector:
         term_end = self._term_end
         if self._term is not None and not leading and not self._closing:
             term_end = TermEnd(self._term.fencing_token,  # not yet noticed
-                               self.gate.blocked_reason(now_mono) or "renew deadline passed")
+                               self._app_ended(now_mono) or "renew deadline passed")
         return ElectionView(
             role=role,
             holder=holder,
@@ -317,18 +330,6 @@ class Elector:
             if successor:
                 # Standby first: the driver publishes this before it sends the release.
                 self._begin_handover(successor)
-                return self._release_write(now, timeout, successor)
-        if self._term is not None and self._observed is not None:
-            blocked = self.gate.blocked_reason(now.mono)
-            if blocked is not None:
-                # The app died, hung or resigned: standby first (is_leader already says so), then
-                # the release, then a standby that campaigns only when the gate opens again.
-                self._end_term(blocked)
-                if blocked != "resigned":
-                    self.stats.leader_elections_lost += 1
-                # H1: name a successor; a resigning app is usually its pod shutting down.
-                successor = self.choose_successor(replacing_self=blocked == "resigned")
-                self._handing_over, self._handover_to, self._release_attempts = True, successor, 0
                 return self._release_write(now, timeout, successor)
         if self._term is not None:
             due = self._term.last_renew_started_mono + self.config.renewal_interval_s
@@ -617,6 +618,16 @@ class Elector:
     def _expire_term(self, now: Moment) -> None:
         if self._term is not None and now.mono >= self.valid_until_mono:
             self._lose_term("renew deadline passed")
+        ended = self._app_ended(now.mono)
+        if ended is not None:
+            # Rule A: the app died, hung or resigned: standby first (is_leader already said so from
+            # that moment), then the release, then a standby that campaigns when the gate opens.
+            self._end_term(ended)
+            if ended != "resigned":
+                self.stats.leader_elections_lost += 1
+            # H1: name a successor; a resigning app is usually its pod shutting down.
+            successor = self.choose_successor(replacing_self=ended == "resigned")
+            self._handing_over, self._handover_to, self._release_attempts = True, successor, 0
 
     def _lose_term(self, reason: str) -> None:
         self._end_term(reason)

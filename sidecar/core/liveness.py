@@ -9,10 +9,15 @@ Rules (all by this process's monotonic clock; the app's heartbeats carry no time
   a passing probe of `--app-health-url`) is younger than the TTL. A standby does not campaign
   before that; a leader whose app falls silent steps down (standby published, then the lease
   released) and campaigns again only after a fresh heartbeat.
-* A resign sits out: no leading until `sit_out_s` has passed since the resign and, with a TTL,
-  until the app has heartbeated *after* that. An app that resigns as it shuts down never
-  heartbeats again, so its candidate never returns; one that resigned by choice returns with its
-  first heartbeat after the sit-out.
+* A resign ends the current term whatever the sit-out (`term_end_reason`), then sits out: no
+  leading until `sit_out_s` has passed since the resign and, with a TTL, until the app has
+  heartbeated *after* that. An app that resigns as it shuts down never heartbeats again, so its
+  candidate never returns; one that resigned by choice returns with its first heartbeat after the
+  sit-out. A sit-out of 0 is none at all: the term ends, and the candidate may campaign at once.
+* A term ends at the first moment its app forbade leading (a resign, or its TTL lapsing), even
+  if the app heartbeats again before the Elector acts on it: a late heartbeat, or a renewal in
+  flight, never brings an ended term back (`term_end_reason` remembers the latest resign and the
+  latest lapse).
 """
 
 from __future__ import annotations
@@ -60,11 +65,19 @@ class AppLiveness:
         self._info: AppInfo = {}
         self.heartbeats = 0
         self._sit_out_until_mono: float | None = None
+        self._resigned_mono: float | None = None
+        """When the app last resigned: it ends any term begun before."""
+        self._lapsed_mono: float | None = None
+        """The latest moment the app's TTL lapsed, recorded when the next heartbeat came late."""
+        self._lapse_reason = ""
 
     # ------------------------------------------------------------------ observations
 
     def beat(self, now_mono: float, now_wall: datetime, info: AppInfo | None = None) -> None:
         """The app said it is alive; `info` (if given) replaces the last info."""
+        if self.ttl_s is not None and self._last_mono is not None and now_mono - self._last_mono >= self.ttl_s:
+            self._lapsed_mono = self._last_mono + self.ttl_s  # a term running then ended then
+            self._lapse_reason = self._missed_reason(now_mono)
         self._last_mono, self._last_wall = now_mono, now_wall
         self.heartbeats += 1
         if info is not None:
@@ -76,8 +89,12 @@ class AppLiveness:
             self.beat(now_mono, now_wall)
 
     def resign(self, now_mono: float, sit_out_s: float) -> None:
-        """Give leadership up now and sit out (see the module's rules). Never shortens a sit-out."""
-        until = now_mono + max(0.0, sit_out_s)
+        """End the current term now and sit out (see the module's rules). Never shortens a sit-out;
+        a sit-out of 0 adds none."""
+        self._resigned_mono = now_mono
+        if sit_out_s <= 0:
+            return
+        until = now_mono + sit_out_s
         self._sit_out_until_mono = max(until, self._sit_out_until_mono or until)
 
     # ------------------------------------------------------------------ decisions
@@ -94,8 +111,29 @@ class AppLiveness:
         if self._last_mono is None:
             return "app has not heartbeated yet"
         if now_mono - self._last_mono >= self.ttl_s:
-            return f"app heartbeat missed (none for {now_mono - self._last_mono:.3g}s, ttl {self.ttl_s:g}s)"
+            return self._missed_reason(now_mono)
         return None
+
+    def term_end_reason(self, started_mono: float, now_mono: float) -> str | None:
+        """Why a term begun at `started_mono` has ended by `now_mono` on the app's account (None:
+        the app lets it go on): a resign since it began, a lapse of the TTL since it began (even
+        one a later heartbeat has covered), or a gate closed now."""
+        if self._resigned_mono is not None and self._resigned_mono >= started_mono:
+            return "resigned"
+        if self._lapsed_mono is not None and self._lapsed_mono >= started_mono:
+            return self._lapse_reason
+        return self.blocked_reason(now_mono)
+
+    def leading_until_mono(self) -> float | None:
+        """When the app's TTL lapses unless it heartbeats (None without a TTL or a heartbeat): the
+        driver arms a timer for it, as for the renew deadline."""
+        if self.ttl_s is None or self._last_mono is None:
+            return None
+        return self._last_mono + self.ttl_s
+
+    def _missed_reason(self, now_mono: float) -> str:
+        last = self._last_mono if self._last_mono is not None else now_mono
+        return f"app heartbeat missed (none for {now_mono - last:.3g}s, ttl {self.ttl_s:g}s)"
 
     def next_change_mono(self, now_mono: float) -> float | None:
         """When `allows_leading` flips by itself (no new observation); None if only a heartbeat can

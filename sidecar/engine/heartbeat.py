@@ -182,10 +182,16 @@ class BeatHeartbeat:
     # ------------------------------------------------------------------ plumbing
 
     def _arm_deadline_timer(self) -> None:
-        """Publish at the renew deadline whatever the loops are doing, so the role file and the
-        event streams flip to standby on time even while a call is still in flight."""
+        """Publish at the renew deadline, and at the moment the app's heartbeat TTL lapses,
+        whatever the loops are doing, so the role file and the event streams flip to standby on
+        time even while a call is still in flight. (A heartbeat moves the app's moment: the timer
+        then fires early, publishes nothing new and is armed again.)"""
         now = self.clock.now().mono
-        deadline = self.elector.valid_until_mono if self.elector.is_leader(now) else None
+        deadline = None
+        if self.elector.is_leader(now):
+            app_until = self.elector.gate.leading_until_mono()
+            deadline = self.elector.valid_until_mono if app_until is None else min(
+                self.elector.valid_until_mono, app_until)
         if deadline == self._deadline_armed_for:
             return
         if self._deadline_timer is not None:
@@ -201,6 +207,7 @@ class BeatHeartbeat:
         self._deadline_timer = None
         self._deadline_armed_for = None
         self._publish()
+        self._wake.set()  # the elect loop ends the term (and releases, if the app ended it) now
 
     async def _sleep_until(self, until_mono: float) -> None:
         delay = until_mono - self.clock.now().mono

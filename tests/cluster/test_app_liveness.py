@@ -250,3 +250,28 @@ def test_health_url_probes_gate_and_step_down(namespace: str, tmp_path: Path) ->
 def get_lease_holder(namespace: str) -> str | None:
     lease = get_lease(namespace, "probed")
     return None if lease is None else lease["spec"].get("holderIdentity") or ""
+
+
+@pytest.mark.parametrize("gated", [False, True])
+def test_a_resign_with_no_sit_out_ends_the_term_and_releases(namespace: str, tmp_path: Path, gated: bool) -> None:
+    """Issue 17 item 2: `sit_out=0` answered "leader" and released nothing (without an app TTL).
+    Now it ends the term whatever the sit-out: standby in the answer, a release written, and the
+    candidate may campaign again at once (a new term, a higher token)."""
+    lone = sidecars.start("resigner", "resign-now", namespace, tmp_path, *(GATED if gated else ()))
+    app = sidecars.start_app(lone) if gated else None
+    try:
+        sidecars.wait_for(lambda: (lone.leader() or {}).get("is_leader"), LEASE_TTL_S + 10)
+        token = lone.leader()["fencing_token"]
+        status, body = lone.post("/leader/resign?sit_out=0")
+        assert status == 200 and body["is_leader"] is False and body["role"] == "standby", body
+        # The release is written (the log says so before sending it), then, alone, it leads again.
+        sidecars.wait_for(lambda: '"event": "release"' in lone.logs(), 5)
+        sidecars.wait_for(lambda: (lone.leader() or {}).get("fencing_token") not in (None, token), 5)
+        assert lone.leader()["fencing_token"] > token
+        ended = [json.loads(line) for line in lone.logs().splitlines() if '"role_changed"' in line]
+        assert any(entry.get("reason") == "resigned" and entry.get("term") == token for entry in ended), ended
+    finally:
+        if app is not None:
+            app.kill()
+            app.wait(5)
+        lone.terminate()

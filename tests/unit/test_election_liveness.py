@@ -139,3 +139,45 @@ def test_random_app_crashes_hangs_and_resigns_never_make_two_leaders() -> None:
         for name in leading:
             assert candidates[name][1].allows_leading(t)  # a leader always has a live app
     assert sum(e.stats.leader_elections_won for e, _ in candidates.values()) >= 5
+
+
+def test_a_resign_with_no_sit_out_and_no_app_ttl_ends_the_term_and_releases() -> None:
+    # Issue 17 item 2: it answered "leader" and released nothing.
+    store, elector = Store(), Elector("a", CONFIG)
+    lead(elector, store, 0)
+    elector.gate.resign(1, sit_out_s=0)
+    assert elector.view(1).role is BeatRole.STANDBY and elector.view(1).term_end.reason == "resigned"
+    release = elector.next_action(at(1))
+    assert isinstance(release, Write) and release.kind == "release"
+    store.apply(elector, release, at(1), at(1))
+    again = elector.next_action(at(1.01))  # "release now; I may campaign again at once"
+    assert isinstance(again, Write) and again.kind == "acquire"
+    assert again.record.fencing_token > 1
+
+
+def test_a_renewal_in_flight_past_the_sit_out_does_not_bring_the_term_back() -> None:
+    store, elector = Store(), Elector("a", CONFIG)
+    lead(elector, store, 0)
+    renew = elector.next_action(at(2))
+    assert isinstance(renew, Write) and renew.kind == "renew"
+    elector.gate.resign(2.1, sit_out_s=0.5)  # while the renewal is in flight
+    store.apply(elector, renew, at(2), at(3))  # lands after the sit-out
+    assert elector.view(3).role is BeatRole.STANDBY
+    release = elector.next_action(at(3))
+    assert isinstance(release, Write) and release.kind == "release"
+
+
+def test_a_late_heartbeat_after_the_app_ttl_cannot_resume_the_term() -> None:
+    # Issue 17 item 9: the TTL ends the term at that instant, whatever comes next.
+    store, (elector, gate) = Store(), gated("a")
+    gate.beat(0, at(0).wall)
+    lead(elector, store, 0)
+    assert elector.view(2.99).role is BeatRole.LEADER
+    assert elector.view(3).role is BeatRole.STANDBY
+    gate.beat(3.2, at(3.2).wall)  # late, before the elect loop acted
+    assert elector.view(3.2).role is BeatRole.STANDBY
+    assert "app heartbeat missed" in elector.view(3.2).term_end.reason
+    release = elector.next_action(at(3.2))
+    assert isinstance(release, Write) and release.kind == "release"
+    assert elector.stats.leader_elections_lost == 1
+    assert gate.leading_until_mono() == 3.2 + APP_TTL_S  # the driver's timer publishes standby then

@@ -139,3 +139,27 @@ async def test_a_conflicting_read_counts_as_a_failed_call(caplog: pytest.LogCapt
         assert await a.try_become_leader() is False
     assert [r for r in caplog.records if getattr(r, "event", None) == "read_failed"]
     assert a.board.snapshot()["is_leader"] is False
+
+
+async def test_the_app_ttl_arms_the_step_down_timer_like_the_renew_deadline() -> None:
+    # Issue 17 item 9: every channel hears standby at the moment the app's TTL lapses, even
+    # while the elect loop is busy with a call (the timer publishes, whatever the loop does).
+    from sidecar.core.liveness import AppLiveness
+
+    clock, backend = FakeClock(), InMemoryLockBackend()
+    gate = AppLiveness(ttl_s=2.5)
+    elector = Elector("a", CONFIG, gate=gate)
+    board = StatusBoard(elector, clock, backend.key, 3, app=gate)
+    heard: list[str] = []
+    board.subscribe(lambda snapshot: heard.append(snapshot["role"]))
+    a = BeatHeartbeat(elector, backend, board, clock)
+    await a.tick()
+    clock.advance(CONFIG.lease_ttl_s)
+    gate.beat(clock.mono, clock.now().wall)
+    assert await a.try_become_leader() is True
+    assert a._deadline_armed_for == clock.mono + 2.5  # the app's moment, before the renew deadline (6)
+    clock.advance(2.5)
+    a._on_deadline()  # what the loop's timer calls at that moment
+    assert heard[-1] == "standby"
+    gate.beat(clock.mono + 0.1, clock.now().wall)  # late
+    assert board.snapshot()["role"] == "standby"

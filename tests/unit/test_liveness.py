@@ -82,8 +82,27 @@ def test_resign_with_ttl_needs_a_heartbeat_after_the_sit_out() -> None:
 def test_an_app_that_resigns_and_exits_never_returns() -> None:
     gate = AppLiveness(ttl_s=3)
     gate.beat(0, wall(0))
-    gate.resign(1, sit_out_s=0)
+    gate.resign(1, sit_out_s=0.5)
     assert not any(gate.allows_leading(t) for t in (1, 2, 5, 100, 10_000))
+
+
+def test_a_resign_with_no_sit_out_ends_the_term_and_may_campaign_at_once() -> None:
+    gate = AppLiveness(ttl_s=3)
+    gate.beat(0, wall(0))
+    gate.resign(1, sit_out_s=0)
+    assert gate.term_end_reason(started_mono=0.5, now_mono=1) == "resigned"  # the term begun before ends
+    assert gate.term_end_reason(started_mono=1.5, now_mono=2) is None  # a term begun after may go on
+    assert gate.allows_leading(1) and not gate.allows_leading(3)  # until the TTL, as ever
+
+
+def test_a_lapse_covered_by_a_late_heartbeat_still_ended_the_term() -> None:
+    gate = AppLiveness(ttl_s=3)
+    gate.beat(0, wall(0))
+    gate.beat(4, wall(4))  # one second late: the TTL lapsed at 3
+    assert gate.allows_leading(4)
+    assert "app heartbeat missed" in (gate.term_end_reason(started_mono=1, now_mono=4) or "")
+    assert gate.term_end_reason(started_mono=3.5, now_mono=4) is None
+    assert gate.leading_until_mono() == 7
 
 
 def test_a_second_resign_never_shortens_the_sit_out() -> None:
