@@ -5,9 +5,12 @@
   handover`), or by `spec.preferredHolder` (Kubernetes' coordinated leader election, or the same
   CLI where the apiserver keeps the field). A request naming the holder itself is no request.
 * **Chosen.** Every other graceful release (shutdown, resign, app gone) names a successor too:
-  the longest-known alive standby from the members view, preferring one that is not terminating
-  and, when this pod is being replaced, one of a different pod revision (the new ReplicaSet of a
-  rollout). No members known: no successor, and the release is open to all as before.
+  the longest-known standby from the members view that is eligible now (its record fresh, its app
+  alive by its own record when leading needs a live app, not sitting out a resign, not
+  terminating: `Member.ready` and `Member.terminating`, filled from the record by the wiring),
+  preferring, when this pod is being replaced, one of a different pod revision (the new
+  ReplicaSet of a rollout). None eligible, or no members known: no successor, and the release is
+  open to all at once.
 * **Window.** A released record naming a successor (annotation `lease-sidecar.io/successor`) may
   be taken only by that successor for `SUCCESSOR_WINDOW_S`, counted by each candidate's own
   monotonic clock from when it saw the release; after that, by anyone. So a hand-over costs one
@@ -50,7 +53,7 @@ class Member:
     revision: str = ""
     """The pod's revision (its `pod-template-hash`), "" if unknown."""
     ready: bool = True
-    """The member's app is alive (or not gated)."""
+    """It could take the lease now: a candidate, its app alive (or not gated), not sitting out."""
 
 
 def requested_successor(record: LeaseRecord, identity: str) -> str | None:
