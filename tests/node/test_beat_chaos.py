@@ -261,7 +261,7 @@ def judge(arm: Arm, figures: example_release.BeatFigures) -> dict[str, Any]:
         inside = fault is not None and tick - fault.injected_s <= BOUNDS_S[fault.fault]
         never_run.append({"job": job, "tick": tick, "fault": fault.fault if fault else None, "inside_bound": inside})
     late = []
-    for job, tick, lateness_s in figures.caught_up:
+    for job, tick, lateness_s in figures.late:
         fault = attribute(arm, tick)
         ran_s = tick + lateness_s
         inside = fault is not None and ran_s - fault.injected_s <= BOUNDS_S[fault.fault]
@@ -309,8 +309,9 @@ def test_exactly_once_under_every_fault_fenced_and_naive(arms: dict[str, Arm],
                duplicated_ticks=len(figures.duplicated_ticks),
                max_executions_per_tick=figures.max_executions_per_tick,
                never_run=len(figures.never_run), never_run_inside_bound=per_fault(judged["never_run"]),
-               caught_up=len(figures.caught_up), caught_up_inside_bound=per_fault(judged["late"]),
-               max_late_s=max([late for _, _, late in figures.caught_up], default=0.0),
+               late=len(figures.late), late_inside_bound=per_fault(judged["late"]),
+               max_late_s=max([late for _, _, late in figures.late], default=0.0),
+               caught_up=len(figures.caught_up),
                longest_gap_s=figures.longest_gap_s, stale_writes_refused=refusals,
                out_of_order_writes=figures.out_of_order_writes, faults=injected,
                bounds_s={fault: round(bound, 1) for fault, bound in BOUNDS_S.items()})

@@ -41,8 +41,19 @@ SCHEMA_LOCK_KEY = 0x6265617473  # pg_advisory_lock key: replicas install the sch
 JOB_PREFIX = "job-"
 CATCH_UP_WORKERS = 8
 log = logging.getLogger("beat")
-INSERT_EFFECT = "INSERT INTO beat_effects (job, scheduled_at, token, pod, mode) VALUES (%s, %s, %s, %s, %s)"
+INSERT_EFFECT = ("INSERT INTO beat_effects (job, scheduled_at, token, pod, mode, caught_up) "
+                 "VALUES (%s, %s, %s, %s, %s, %s)")
 INSERT_REFUSAL = "INSERT INTO beat_refusals (job, scheduled_at, token, pod, reason) VALUES (%s, %s, %s, %s, %s)"
+
+
+_output = threading.Lock()
+
+
+def say(line: str) -> None:
+    """One line to stdout, whole: runs print from many threads at once."""
+    with _output:
+        sys.stdout.write(line + "\n")
+        sys.stdout.flush()
 
 
 class ConfigError(Exception):
@@ -208,7 +219,8 @@ class Beat:
         if not self.write_effect(job, scheduled_at, term.fencing_token, term):
             self._runs_lost = True  # whatever stopped it, the next run looks in the ledger again
 
-    def write_effect(self, job: str, scheduled_at: datetime, token: int | None, term: Any) -> bool:
+    def write_effect(self, job: str, scheduled_at: datetime, token: int | None, term: Any,
+                     caught_up: bool = False) -> bool:
         """One execution. Naive (term None): an INSERT. Fenced: one transaction that fences the
         scope and claims the tick, does the job's work, and inserts its effect, so the effect
         commits with the claim (exactly once) or not at all. A write the term's end stops is
@@ -223,13 +235,13 @@ class Beat:
         try:
             conn = self.connections.get()
             if term is None:
-                conn.execute(INSERT_EFFECT, (job, scheduled_at, token, pod, mode))
+                conn.execute(INSERT_EFFECT, (job, scheduled_at, token, pod, mode, caught_up))
             else:
                 with fence_pg.fenced_transaction(conn, term):
                     if not fence_pg.claim_tick(conn, term, job, scheduled_at):
                         return True  # claimed before (a predecessor, or our catch-up): it ran once
                     time.sleep(self.settings.work_s)  # the job's work, inside its claim's transaction
-                    conn.execute(INSERT_EFFECT, (job, scheduled_at, token, pod, mode))
+                    conn.execute(INSERT_EFFECT, (job, scheduled_at, token, pod, mode, caught_up))
         except fence_pg.StaleToken:  # before TermEnded, its base class
             self.refused(job, scheduled_at, token, "stale_token")
             return False
@@ -243,12 +255,12 @@ class Beat:
             log.warning("%s %s: not written (%s)", job, scheduled_at.isoformat(), str(error).strip()[:200])
             return False
         self.runs += 1
-        print(f"ran {job} tick {scheduled_at:%H:%M:%S} token {token} pod {pod}", flush=True)
+        say(f"{'caught up' if caught_up else 'ran'} {job} tick {scheduled_at:%H:%M:%S} token {token} pod {pod}")
         return True
 
     def refused(self, job: str, scheduled_at: datetime, token: int | None, reason: str) -> None:
         self._refused_token = token
-        print(f"REFUSED {job} tick {scheduled_at:%H:%M:%S} token {token}: {reason}", flush=True)
+        say(f"REFUSED {job} tick {scheduled_at:%H:%M:%S} token {token}: {reason}")
         try:
             conn = self.connections.get()
             conn.execute(INSERT_REFUSAL, (job, scheduled_at, token, self.settings.pod, reason))
@@ -277,8 +289,7 @@ class Beat:
             def run_missed(job: str, scheduled_at: datetime) -> None:
                 if self._refused_token == term.fencing_token or not term.is_valid():
                     return  # the term is over: the next leader catches these up
-                if self.write_effect(job, scheduled_at, term.fencing_token, term):
-                    print(f"caught up {job} tick {scheduled_at:%H:%M:%S}", flush=True)
+                self.write_effect(job, scheduled_at, term.fencing_token, term, caught_up=True)
 
             # Side by side: a minute of missed ticks must not take a minute of work to catch up.
             for future in [self._catch_up_pool.submit(run_missed, job, tick) for job, tick in missed]:

@@ -51,5 +51,5 @@ def run_job(job: str) -> None:
         return
     time.sleep(settings.work_s)
     with connect() as conn, claim.transaction(conn):
-        conn.execute(INSERT_EFFECT, (job, claim.scheduled_at, claim.token, settings.pod, "celery"))
+        conn.execute(INSERT_EFFECT, (job, claim.scheduled_at, claim.token, settings.pod, "celery", False))
     print(f"ran {job} tick {claim.scheduled_at:%H:%M:%S} token {claim.token} worker {settings.pod}", flush=True)

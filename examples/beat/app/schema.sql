@@ -9,6 +9,7 @@ CREATE TABLE IF NOT EXISTS beat_effects (
     token        bigint,               -- the fencing token of the term that ran it (naive: as read)
     pod          text        NOT NULL,
     mode         text        NOT NULL, -- fenced | naive | celery
+    caught_up    boolean     NOT NULL DEFAULT false, -- run by a new leader's catch-up, not on time
     executed_at  timestamptz NOT NULL DEFAULT clock_timestamp()
 );
 CREATE INDEX IF NOT EXISTS beat_effects_by_tick ON beat_effects (job, scheduled_at);
