@@ -816,6 +816,9 @@ def main() -> int:
     import fence  # bench/fence.py: the storage fence's cost per write, the tick ledger's claims per second
 
     rows += fence.measure(RUNS)
+    import locks  # bench/locks.py: keyed locks' acquire / release latency, apiserver writes per lock-minute
+
+    rows += locks.measure(RUNS)
     machine["wall_time_s"] = round(time.monotonic() - started, 1)
     (BENCH / "results.json").write_text(json.dumps(rows, indent=2) + "\n")
     (BENCH / "machine.json").write_text(json.dumps(machine, indent=2) + "\n")
