@@ -13,6 +13,10 @@ Two rules, fed the monotonic time:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from sidecar.core.election import TermEnd
 
 REPORTING_CONTROLLER = "lease-sidecar"
 
@@ -101,7 +105,15 @@ class EventPolicy:
 
 
 VOLUNTARY_PREFIXES = ("shutting down", "handed over", "handing over", "resigned", "released")
-"""Loss reasons (Elector.last_loss_reason) that mean the leader let go on purpose."""
+"""Term end reasons (election.TermEnd.reason) that mean the leader let go on purpose."""
+
+
+def own_end_reason(end: TermEnd | None, token: int | None) -> str | None:
+    """The end reason of the term with `token` (the one just left), never another term's: an
+    earlier term's reason must not describe a term lost at its deadline before the Elector noticed."""
+    if end is None or token is None or end.fencing_token != token:
+        return None
+    return end.reason
 
 
 @dataclass(frozen=True)
@@ -119,7 +131,7 @@ def role_change_announcement(was_leader: bool, is_leader: bool, identity: str, t
     if is_leader and not was_leader:
         return Announcement(BECAME_LEADER, "Normal", "Acquire", f"{identity} became leader (term {token})")
     if was_leader and not is_leader:
-        why = loss_reason or "released"
+        why = loss_reason or "ended for an unknown reason"  # unknown is not voluntary: a Warning
         if why.startswith(VOLUNTARY_PREFIXES):
             return Announcement(RELEASED, "Normal", "Release", f"{identity} released the lease: {why}")
         return Announcement(LOST_LEADERSHIP, "Warning", "Lose", f"{identity} lost leadership: {why}")

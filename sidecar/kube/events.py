@@ -23,8 +23,10 @@ from sidecar.core.announce import (
     EventPolicy,
     Extend,
     handover_announcement,
+    own_end_reason,
     role_change_announcement,
 )
+from sidecar.core.election import TermEnd
 from sidecar.core.record import format_microtime
 from sidecar.kube.calls import ApiCallFailed, call_json
 
@@ -109,21 +111,28 @@ class LeaseEvents:
 
 
 class RoleAnnouncer:
-    """A StatusBoard listener that turns role changes into announcements."""
+    """A StatusBoard listener that turns role changes into announcements. A step-down is announced
+    with the end reason of the term it ended (as the log does), read from the Elector's view: at a
+    deadline the view knows the term is over before the Elector has acted on it."""
 
-    def __init__(self, events: LeaseEvents, loss_reason: Callable[[], str | None]) -> None:
+    def __init__(self, events: LeaseEvents, term_end: Callable[[], TermEnd | None]) -> None:
         self.events = events
-        self._loss_reason = loss_reason
+        self._term_end = term_end
         self._was_leader = False
+        self._token: int | None = None
+        """The token of the term last announced as leading."""
 
     def on_snapshot(self, snapshot: dict[str, Any]) -> None:
         leading = bool(snapshot["is_leader"])
+        reason = None if leading else own_end_reason(self._term_end(), self._token)
         announcement = role_change_announcement(self._was_leader, leading, snapshot["identity"],
-                                                snapshot["fencing_token"], self._loss_reason())
+                                                snapshot["fencing_token"], reason)
         self._was_leader = leading
+        if leading:
+            self._token = snapshot["fencing_token"]
         if announcement is None:
             return
-        reason = self._loss_reason() or ""
+        reason = reason or ""
         if not leading and reason.startswith(HANDING_OVER):
             self.events.announce(handover_announcement(snapshot["identity"], reason.removeprefix(HANDING_OVER),
                                                        "local API, lease annotation or preferredHolder"))

@@ -198,7 +198,7 @@ async def assemble(settings: RunSettings, namespace: str, identity: str, config:
     api_client = await make_api_client(settings)
     backend = LeaseLockBackend(api_client, namespace, settings.lease_name, metrics.observe_request)
     leader_parts = build_leader_parts(settings, api_client, namespace, identity, board, clock,
-                                      lambda: elector.last_loss_reason, config.request_timeout)
+                                      lambda: elector.view(clock.now().mono).term_end, config.request_timeout)
     heartbeat = BeatHeartbeat(elector, ReleaseFirst(backend, leader_parts.before_release), board, clock,
                               metrics.count_watch_restart)
     app_side = AppSide.build(settings, config, liveness, board, clock, heartbeat, api_client, identity, namespace,

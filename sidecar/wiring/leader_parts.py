@@ -18,7 +18,7 @@ from kubernetes_asyncio.client import ApiClient
 
 from sidecar.core.announce import Announcement
 from sidecar.core.clock import Clock
-from sidecar.core.election import Elector
+from sidecar.core.election import Elector, TermEnd
 from sidecar.core.lock import LeaseStore, Versioned, WatchEvent
 from sidecar.core.record import LeaseRecord
 from sidecar.core.succession import Member, revision_from_pod_name
@@ -67,7 +67,7 @@ class LeaderParts:
 
 
 def build_leader_parts(settings: RunSettings, api_client: ApiClient, namespace: str, identity: str, board: StatusBoard,
-                       clock: Clock, loss_reason: Callable[[], str | None], timeout_s: float) -> LeaderParts:
+                       clock: Clock, term_end: Callable[[], TermEnd | None], timeout_s: float) -> LeaderParts:
     parts = LeaderParts()
     if settings.leader_service:
         endpoints = LeaderEndpoints(api_client, namespace, settings.leader_service, identity,
@@ -81,7 +81,7 @@ def build_leader_parts(settings: RunSettings, api_client: ApiClient, namespace: 
             return moment.mono, moment.wall
 
         parts.events = LeaseEvents(api_client, namespace, settings.lease_name, identity, now, timeout_s)
-        board.subscribe(RoleAnnouncer(parts.events, loss_reason).on_snapshot)
+        board.subscribe(RoleAnnouncer(parts.events, term_end).on_snapshot)
         parts.loops["events"] = parts.events.run
     if settings.label_pod:
         parts.label = PodRoleLabel(api_client, namespace, os.environ["POD_NAME"], timeout_s)
