@@ -298,3 +298,73 @@ def test_the_locks_api_passes_schemathesis(namespace: str, tmp_path: Path) -> No
         assert sidecar.alive() and "Traceback" not in sidecar.logs()
     finally:
         sidecars.stop_all([sidecar])
+
+
+def test_the_client_library_holds_renews_signals_loss_and_releases(namespace: str, tmp_path: Path) -> None:
+    import asyncio
+
+    from lease_sidecar_client import current_term
+    from lease_sidecar_client.locks import AsyncLocks, LockBusy, LockLost, Locks
+
+    a = start("a", "locks", namespace, tmp_path)
+    b = start("b", "locks", namespace, tmp_path)
+    try:
+        locks_a, locks_b = Locks(a.url), Locks(b.url)
+        with locks_a.holding("client/job", ttl_s=2, wait_s=5) as held:
+            assert current_term() == held.lock.term and held.lock.term.lease == held.lock.lease
+            assert locks_b.try_acquire("client/job") is None
+            time.sleep(3)  # past the owner's ttl: the renewer keeps it
+            assert held.check().fencing_token == held.lock.fencing_token
+            assert locks_b.is_locked("client/job")
+        first = held.lock
+        second = locks_b.acquire("client/job", wait_s=5)  # released on leaving the block
+        assert second.fencing_token > first.fencing_token
+        with pytest.raises(LockBusy):
+            locks_a.acquire("client/job")
+        assert locks_b.release(second)
+
+        @locks_a.holding("client/decorated", ttl_s=2)
+        def decorated() -> int:
+            term = current_term()
+            assert term is not None
+            return term.fencing_token
+
+        assert decorated() > 0 and not locks_b.is_locked("client/decorated")
+
+        async def work_until_cancelled() -> None:
+            async with AsyncLocks(a.url).holding("client/async", ttl_s=2) as async_held:
+                assert async_held.lock.is_valid()
+                a.process.send_signal(signal.SIGSTOP)  # renewals stop answering: the deadline ends it
+                await asyncio.sleep(60)
+
+        started = time.monotonic()
+        with pytest.raises(LockLost):
+            asyncio.run(asyncio.wait_for(work_until_cancelled(), 30))
+        assert time.monotonic() - started < 30  # cancelled by the loss, not by the outer timeout
+    finally:
+        a.process.send_signal(signal.SIGCONT)
+        sidecars.stop_all([a, b])
+
+
+def test_sigterm_and_a_silent_app_release_every_lock_at_once(namespace: str, tmp_path: Path) -> None:
+    a = start("a", "locks", namespace, tmp_path, "--app-heartbeat-ttl", "2")
+    b = start("b", "locks", namespace, tmp_path)
+    c = start("c", "locks", namespace, tmp_path)
+    app = sidecars.start_app(a)
+    try:
+        sidecars.wait_for(lambda: call(a, "POST", lock_path("app/bound"))[0] == 200, timeout=20, interval=0.3)
+        owner = call(a, "GET", lock_path("app/bound"))[1]["holder"].split("/")[1]
+        app.kill()  # the app falls silent: its sidecar releases (no wait of --lock-max-ttl for others)
+        sidecars.wait_for(lambda: call(b, "POST", lock_path("app/bound"))[0] == 200, timeout=10, interval=0.2)
+        status, lost, _ = call(a, "PUT", lock_path("app/bound", owner=owner))
+        assert status == 409 and "app heartbeat missed" in lost["error"], lost
+        keys = [f"shutdown/{n}" for n in range(3)]
+        for key in keys:
+            assert call(c, "POST", lock_path(key, wait="10s"))[0] == 200
+        assert c.terminate() == 0
+        for key in keys:  # released on SIGTERM: taken at once, no wait
+            status, body, _ = call(b, "POST", lock_path(key))
+            assert status == 200, body
+    finally:
+        app.kill()
+        sidecars.stop_all([a, b, c])
