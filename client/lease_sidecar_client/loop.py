@@ -213,12 +213,13 @@ class LeaderLoop:
                 for tick in plan.run:
                     self._run_tick(lead, conn, scope, job, tick)
                     last[job.name] = tick
+                    self._next_due = self._earliest_next(last)
                     self._beat()
                 dropped = plan.too_late + plan.coalesced
                 if dropped and max(dropped) > last[job.name]:
                     last[job.name] = max(dropped)
-            self._beat()
             self._next_due = self._earliest_next(last)
+            self._beat()
             wait_s = self.heartbeat_interval_s
             if self._next_due is not None:
                 wait_s = min(wait_s, max(0.0, (self._next_due[1] - self.now()).total_seconds()))
@@ -259,8 +260,15 @@ class LeaderLoop:
         except StaleToken:
             self.counts.refused += 1
             raise
-        except (TermEnded, psycopg.Error):
+        except TermEnded:
             raise
+        except psycopg.Error:
+            if conn.closed or conn.broken:  # the session is gone (idle-killed, server restart): reconnect
+                raise
+            # The job's own SQL failed: its transaction rolled back (exactly once: the tick is not
+            # claimed, a later term may run it; at most once: it stays unfinished), the loop goes on.
+            self.counts.failed += 1
+            log.exception("job %s at %s failed", job.name, scheduled_at.isoformat())
         except Exception:
             self.counts.failed += 1
             log.exception("job %s at %s failed", job.name, scheduled_at.isoformat())

@@ -17,6 +17,7 @@ import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import lease_sidecar_client
 import psycopg
@@ -371,7 +372,14 @@ def test_the_loop_catches_up_missed_ticks_once_after_its_leader_dies(namespace: 
             tick.conn.execute("INSERT INTO effects (tag, token, scheduled_at) VALUES (%s, %s, %s)",
                               (f"{name} late {tick.late_s:.3f}", tick.term.fencing_token, tick.scheduled_at))
 
+        def at_most_once(tick: Tick) -> None:
+            assert tick.conn is None  # its effect lands elsewhere: here, through a connection of its own
+            with psycopg.connect(dsn, autocommit=True) as own:
+                own.execute("INSERT INTO effects (tag, token, scheduled_at) VALUES (%s, %s, %s)",
+                            (f"at-most-once {name}", tick.term.fencing_token, tick.scheduled_at))
+
         loop.add_job("every-half-second", tick, every_s=0.5, anchor=anchor, coalesce=False)
+        loop.add_job("at-most-once", at_most_once, every_s=0.7, anchor=anchor, exactly_once=False, coalesce=False)
         return loop
 
     loops = [make_loop(first, "first"), make_loop(second, "second")]
@@ -379,17 +387,30 @@ def test_the_loop_catches_up_missed_ticks_once_after_its_leader_dies(namespace: 
     for thread in threads:
         thread.start()
     try:
-        sidecars.wait_for(lambda: len(effects(dsn)) >= 4, PATIENCE_S, 0.1)
+        sidecars.wait_for(lambda: sum(tag.startswith("first") for tag, _, _ in effects(dsn)) >= 4, PATIENCE_S, 0.1)
         first.kill()  # the leader's sidecar dies: its app's term ends at its deadline
         sidecars.wait_for(lambda: any(tag.startswith("second") for tag, _, _ in effects(dsn)), PATIENCE_S, 0.1)
         sidecars.wait_for(lambda: sum(tag.startswith("second") for tag, _, _ in effects(dsn)) >= 4, PATIENCE_S, 0.1)
+        # The loop heartbeats its sidecar from its own thread with the seed's update_info fields.
+        def beat_info() -> dict[str, Any]:
+            return (second.leader() or {}).get("app", {}).get("info", {})
+
+        sidecars.wait_for(lambda: "next_due_task" in beat_info(), PATIENCE_S, 0.05)
+        info = beat_info()
+        assert info["schedule_count"] == 2, info
+        assert info["next_due_task"].split("@")[0] in ("every-half-second", "at-most-once"), info
     finally:
         for loop in loops:
             loop.stop()
         for thread in threads:
             thread.join(PATIENCE_S)
         sidecars.stop_all([first, second])
-    rows = effects(dsn)
+    everything = effects(dsn)
+    elsewhere = [tick for tag, _, tick in everything if tag.startswith("at-most-once")]
+    assert elsewhere and len(elsewhere) == len(set(elsewhere)), "an at-most-once tick ran twice"
+    with psycopg.connect(dsn) as conn:  # each run reported its end: nothing left unfinished
+        assert lease_pg.unfinished_ticks(conn) == []
+    rows = [row for row in everything if not row[0].startswith("at-most-once")]
     ticks = [tick for _, _, tick in rows]
     assert len(ticks) == len(set(ticks)), "a tick ran twice"
     assert ticks == sorted(ticks)
