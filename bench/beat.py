@@ -227,6 +227,7 @@ class Bench:
         self.dsn = self.postgres.dsn
         install_effects(self.dsn)
         self.worker: subprocess.Popen[bytes] | None = None
+        self.instances: list[Instance] = []  # every one started, killed at the end whatever happened
         self.values: dict[tuple[str, str], list[float]] = defaultdict(list)
         self.steady: list[tuple[str, float, float]] = []
         self.redis_rates: dict[str, list[tuple[float, float]]] = defaultdict(list)
@@ -253,14 +254,28 @@ class Bench:
                                   "--without-mingle", "--without-heartbeat"],
                                  LOG_DIR / "worker.log", self.env("lease-sidecar-celery", "worker", "worker"))
 
+    def start_sidecar(self, name: str, lease: str, folder: Path) -> sidecars.Sidecar:
+        """A sidecar with the tests' timing (tests/cluster/sidecars.py) that leads only while its app
+        heartbeats, in a session of its own: the kernel's autogroup then gives it its own share of
+        the CPU, as a container would have, instead of a slice of this script's session."""
+        http_port, metrics_port = sidecars.free_port(), sidecars.free_port()
+        log = folder / "sidecar.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        argv = [sys.executable, "-m", "sidecar", "run", "--lease-name", lease, "--namespace", NAMESPACE,
+                "--identity", name, "--http-address", f"127.0.0.1:{http_port}",
+                "--metrics-address", f"127.0.0.1:{metrics_port}", "--role-dir", str(folder / "role"),
+                "--kubeconfig", str(kubeconfig_for(name)), *sidecars.FAST, "--app-heartbeat-ttl", "3"]
+        process = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=open(log, "wb"),
+                                   start_new_session=True)
+        return sidecars.Sidecar(name, process, http_port, metrics_port, folder / "role", log)
+
     def start_instance(self, system: str, index: int, run: str, lease: str) -> Instance:
         name = identity(system, index)
         folder = LOG_DIR / run.replace("/", "_") / name
         env = self.env(system, run, name)
         sidecar = None
         if system in WITH_SIDECAR:
-            sidecar = sidecars.start(name, lease, NAMESPACE, folder, "--app-heartbeat-ttl", "3",
-                                     kubeconfig=kubeconfig_for(name), wait_ready=False)
+            sidecar = self.start_sidecar(name, lease, folder)
         celery_beat = [sys.executable, "-m", "celery", "-A", "tests.beat_celery", "beat", "-l", "info",
                        "--schedule", str(folder / "celerybeat-schedule")]
         if system == "lease-sidecar-apscheduler":
@@ -286,7 +301,9 @@ class Bench:
         else:
             raise BenchError(f"unknown system {system}")
         app = self.spawn(argv, folder / "app.log", env)
-        return Instance(name, app, sidecar, [folder / "app.log"])
+        instance = Instance(name, app, sidecar, [folder / "app.log"])
+        self.instances.append(instance)
+        return instance
 
     def lock_redis_calls(self, system: str) -> int:
         client = self.lock_clients.get(system)
@@ -346,6 +363,11 @@ class Bench:
         return verdict
 
     def close(self) -> None:
+        for instance in self.instances:
+            try:
+                instance.kill()
+            except (OSError, subprocess.TimeoutExpired):
+                pass
         if self.worker is not None and self.worker.poll() is None:
             os.killpg(self.worker.pid, signal.SIGKILL)
             self.worker.wait(10)

@@ -6,6 +6,7 @@ uniqueness of its own (tests/beat_apps.py)."""
 
 from __future__ import annotations
 
+import signal
 import uuid
 from pathlib import Path
 
@@ -89,3 +90,35 @@ def test_jobs_run_only_on_the_leader(namespace: str, kubeconfig: Path, postgres_
     assert {row[3] for row in rows} == {leader.name}
     assert {row[4] for row in rows} == {token}
     assert not beat.duplicates(rows)
+
+
+def test_a_frozen_scheduler_hands_over_and_its_late_runs_are_refused(
+        namespace: str, kubeconfig: Path, postgres_dsn: str, tmp_path: Path) -> None:
+    """The leading app alone is frozen (SIGSTOP) past its sidecar's app-heartbeat TTL: its heartbeats
+    (sent from the scheduler's loop) stop, its sidecar steps down, the other replica leads and catches
+    up. Resumed (SIGCONT), the frozen app finds its term over: no tick runs twice, none is lost."""
+    run, lease = f"aps-{uuid.uuid4().hex[:8]}", "beat-apscheduler-frozen"
+    instances = [start_instance(name, lease, namespace, tmp_path, kubeconfig, postgres_dsn, run)
+                 for name in ("alpha", "bravo")]
+    try:
+        wait_for(lambda: any(i.leads() for i in instances), timeout=30, interval=0.1)
+        beat.wait_for_rows(postgres_dsn, run, lambda rows: len({r[1] for r in rows}) >= 3, timeout_s=30)
+        frozen = leader_of(instances)
+        other = next(i for i in instances if i is not frozen)
+        frozen.app.send_signal(signal.SIGSTOP)
+        try:
+            wait_for(other.leads, timeout=30, interval=0.1)
+            beat.wait_for_rows(postgres_dsn, run, lambda rows: sum(r[3] == other.name for r in rows) >= 3 * JOBS,
+                               timeout_s=30)
+        finally:
+            frozen.app.send_signal(signal.SIGCONT)
+        beat.wait_for_rows(postgres_dsn, run, lambda rows: sum(r[3] == other.name for r in rows) >= 8 * JOBS,
+                           timeout_s=30)
+        assert leader_of(instances) is other
+    finally:
+        logs = {i.name: i.app_log.read_text(errors="replace")[-3000:] for i in instances}
+        for instance in instances:
+            instance.kill()
+    rows = beat.effects(postgres_dsn, run)
+    assert not beat.duplicates(rows), f"ticks run twice: {beat.duplicates(rows)}"
+    assert not beat.missing(rows), f"ticks never run: {beat.missing(rows)}\n{logs}"
