@@ -265,8 +265,10 @@ class KeyElector(Elector):
             until_mono = min(until_mono, self.watched_since_mono + self.config.lease_ttl_s)
         super()._raise_fence(key, until_mono, why)
 
-    def _new_term_record(self, old: LeaseRecord | None, now: Moment) -> LeaseRecord:
-        record = super()._new_term_record(old, now)
+    def _new_term_record(self, old: LeaseRecord | None, now: Moment, *rest: Any) -> LeaseRecord:
+        # `rest`: whatever else the Elector's own rule takes (its resourceVersion floor); K4 is
+        # applied on top, so both rules hold whichever the Elector has.
+        record = super()._new_term_record(old, now, *rest)
         floor = self.version_floor
         if old is not None and self._observed is not None and self._observed.version.isdigit():
             floor = max(floor, int(self._observed.version))

@@ -131,7 +131,7 @@ def test_a_release_is_taken_at_once() -> None:
     elector.observe(at(0), Versioned(release, "200"))
     want(elector, gate, 0)
     action = elector.next_action(at(0))
-    assert isinstance(action, Write) and action.record.fencing_token == 200
+    assert isinstance(action, Write) and action.record.fencing_token >= 200  # K4: at least the version replaced
 
 
 def _hold(elector: KeyElector, gate: OwnerGate, t: float) -> Versioned:
