@@ -14,7 +14,7 @@ OTHER_PYTHONS ?= 3.12 3.13
 # pyenv's newest X.Y.*, else pythonX.Y on PATH.
 python_for = $(or $(lastword $(sort $(wildcard $(HOME)/.pyenv/versions/$(1).*/bin/python$(1)))),python$(1))
 
-.PHONY: venv lock cluster demo demo-pods test client-test unit unit-optimized test-pythons other-venvs python-subset lint bench bench-api bench-beat down clean
+.PHONY: venv lock cluster demo demo-pods demo-monitoring monitoring-builds test client-test unit unit-optimized test-pythons other-venvs python-subset lint bench bench-api bench-beat down clean
 
 # Installs come only from the hashed lock files in requirements/ (`make lock` refreshes them):
 # uv.lock pins the installer, dev.lock the package's dependencies with every extra, runtime.lock
@@ -55,6 +55,11 @@ demo: venv cluster
 # leader pod deleted and the hand-over timed. Stdlib only: no venv needed.
 demo-pods:
 	$(PYTHON) deploy/local/demo_pods.py
+
+# Both Prometheus servers (annotations + kubernetes_sd_configs, and prometheus-operator) on the local
+# node, an example release scraped, a failover in the leader gauge, an alert firing and resolving.
+demo-monitoring:
+	$(PYTHON) deploy/local/demo_monitoring.py
 
 lint: venv
 	$(VENV)/bin/ruff check sidecar tests deploy bench client
@@ -102,7 +107,13 @@ client-test: venv
 # TEST_WORKERS pytest-xdist workers; the node's tests stay together in one (tests/conftest.py).
 # Each test has its own namespace, Lease and ports, and cuts only its own path to the apiserver.
 TEST_WORKERS ?= 4
-test: venv cluster lint other-venvs client-test
+# The monitoring tests' Go builds (Prometheus + promtool, the operator + its reloader, the dashboard
+# checker) start at once in the background; the tests that need them wait on the same build lock.
+MONITORING_BUILD_LOG ?= /tmp/lease-sidecar-monitoring-build.log
+monitoring-builds:
+	@$(CLUSTER) build prometheus prometheus-operator dashboard-check > $(MONITORING_BUILD_LOG) 2>&1 &
+
+test: monitoring-builds venv cluster lint other-venvs client-test
 	$(PY) -m pytest tests -q -n $(TEST_WORKERS)
 	$(MAKE) --no-print-directory -j --output-sync=recurse unit-optimized $(addprefix python-subset-,$(OTHER_PYTHONS))
 

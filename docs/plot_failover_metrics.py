@@ -1,7 +1,16 @@
 #!/usr/bin/env python3
-"""Draws docs/failover-metrics.png: the sidecars' own metrics while their leader dies and is replaced.
+"""Draws docs/failover-metrics.png: the sidecars' metrics while their leader dies and is replaced.
 
-Three real `lease-sidecar run` processes elect over one Lease on the local control plane (run
+The picture in the repository is drawn from a real Prometheus: the range queries that
+tests/node/test_monitoring.py saves (the operator's server on the local node scraping the example
+chart in real pods every 5 s while its leader pod is deleted, the release is rolled out, and the
+next leader resigns):
+
+    .venv/bin/python -m pytest tests/node/test_monitoring.py      # writes /tmp/lease-sidecar-failover-metrics.json
+    .venv/bin/python docs/plot_failover_metrics.py --from-prometheus /tmp/lease-sidecar-failover-metrics.json
+
+Without --from-prometheus it runs its own scenario without Prometheus: three real
+`lease-sidecar run` processes elect over one Lease on the local control plane (run
 `deploy/local/cluster up` first). Their /metrics are scraped every 0.2 s and parsed with
 prometheus_client's text parser while the leader is SIGKILLed (the others must wait for its lease
 to expire) and, later, the next leader is sent SIGTERM (it releases the lease on the way out, so the
@@ -47,7 +56,7 @@ from tests.conftest import localcluster  # noqa: E402
 
 SCRAPE_EVERY_S = 0.2
 SETTLE_S = 4.0  # steady state shown before and after each event
-COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c")
+COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22")
 
 
 @dataclass
@@ -146,13 +155,13 @@ def run_scenario(workdir: Path, namespace: str, timeout_s: float) -> tuple[list[
     return scraper.samples, events, [s.identity for s in fleet]
 
 
-def bar_spans(own: list[Sample], state: float) -> list[tuple[float, float]]:
+def bar_spans(own: list[Sample], state: float, step_s: float = SCRAPE_EVERY_S) -> list[tuple[float, float]]:
     """(start, width) of runs of scrapes in `state`; a scrape counts until the next one, blank past a gap."""
     spans: list[tuple[float, float]] = []
     for sample, following in itertools.pairwise([*own, None]):
         if sample.is_leader != state:
             continue
-        width = min(following.t - sample.t if following is not None else SCRAPE_EVERY_S, 3 * SCRAPE_EVERY_S)
+        width = min(following.t - sample.t if following is not None else step_s, 3 * step_s)
         if spans and abs(spans[-1][0] + spans[-1][1] - sample.t) < 1e-9:
             spans[-1] = (spans[-1][0], spans[-1][1] + width)  # one bar per run: no seams between scrapes
         else:
@@ -160,18 +169,21 @@ def bar_spans(own: list[Sample], state: float) -> list[tuple[float, float]]:
     return spans
 
 
-def plot(samples: list[Sample], events: dict[str, float], identities: list[str], out: Path) -> None:
+def plot(samples: list[Sample], events: dict[str, float], identities: list[str], out: Path,
+         title: str = "lease-sidecar metrics while the leader is killed, then stopped "
+                      "(3 candidates; lease TTL 4 s, renewal every 1 s; scraped every 0.2 s)",
+         step_s: float = SCRAPE_EVERY_S, labels: dict[str, str] | None = None) -> None:
     end = max(s.t for s in samples)
     fig, (timeline, valid, tokens) = plt.subplots(
-        3, 1, sharex=True, figsize=(10, 6.6), height_ratios=(1.1, 1.3, 0.8), layout="constrained")
-    fig.suptitle("lease-sidecar metrics while the leader is killed, then stopped "
-                 "(3 candidates; lease TTL 4 s, renewal every 1 s; scraped every 0.2 s)", fontsize=10)
+        3, 1, sharex=True, figsize=(10, 6.6), height_ratios=(1.1 + 0.15 * max(0, len(identities) - 3), 1.3, 0.8),
+        layout="constrained")
+    fig.suptitle(title, fontsize=10)
     by_identity = {identity: [s for s in samples if s.identity == identity] for identity in identities}
 
     # Who leads: one row per candidate (coloured: leader, grey: standby, blank: not running or not scraped).
     for row, identity in enumerate(identities):
         for state, colour in ((1.0, COLOURS[row]), (0.0, "#d0d0d0")):
-            timeline.broken_barh(bar_spans(by_identity[identity], state), (row - 0.35, 0.7), facecolors=colour,
+            timeline.broken_barh(bar_spans(by_identity[identity], state, step_s), (row - 0.35, 0.7), facecolors=colour,
                                  linewidth=0)
     timeline.set_yticks(range(len(identities)), identities, fontsize=8)
     timeline.set_ylim(len(identities) - 0.5, -0.5)
@@ -180,7 +192,7 @@ def plot(samples: list[Sample], events: dict[str, float], identities: list[str],
 
     # Time with no leader in any scrape: from just after the last 1 to the next 1.
     leader_times = sorted(s.t for s in samples if s.is_leader == 1.0)
-    gaps = [(a + SCRAPE_EVERY_S, b) for a, b in itertools.pairwise(leader_times) if b - a > 2.5 * SCRAPE_EVERY_S]
+    gaps = [(a + step_s, b) for a, b in itertools.pairwise(leader_times) if b - a > 2.5 * step_s]
     for axis in (timeline, valid, tokens):
         for a, b in gaps:
             axis.axvspan(a, b, color="#e45756", alpha=0.13, linewidth=0)
@@ -198,17 +210,22 @@ def plot(samples: list[Sample], events: dict[str, float], identities: list[str],
         valid.plot(times, [v for _, v, _ in leading], color=COLOURS[row], linewidth=1.3, drawstyle="steps-post")
         tokens.plot(times, [f for _, _, f in leading], color=COLOURS[row], linewidth=2.5, drawstyle="steps-post")
     valid.set_ylabel("seconds", fontsize=8)
-    valid.set_ylim(0, 3.2)
+    valid.set_ylim(0, max((s.valid_s for s in samples if s.is_leader and s.valid_s == s.valid_s), default=3.0)
+                   * 1.1)
     valid.set_title("lease_sidecar_lease_valid_seconds of the leader: time it may still act without renewing "
                     "(each renewal resets it)", fontsize=9, loc="left")
     tokens.set_ylabel("token", fontsize=8)
-    tokens.set_ylim(0, max(s.fencing_token for s in samples) + 1)
-    tokens.set_title("lease_sidecar_fencing_token of the leader: one more per term", fontsize=9, loc="left")
+    leader_tokens = [s.fencing_token for s in samples if s.is_leader and s.fencing_token == s.fencing_token]
+    low, high = min(leader_tokens, default=0.0), max(leader_tokens, default=1.0)
+    tokens.set_ylim(low - 1 if low > 10 else 0, high + 1)
+    tokens.set_title("lease_sidecar_fencing_token of the leader: it grows with every term", fontsize=9, loc="left")
+    tokens.ticklabel_format(axis="y", useOffset=False, style="plain")
     tokens.yaxis.get_major_locator().set_params(integer=True)
     tokens.set_xlabel("seconds since the first candidate started", fontsize=8)
-    tokens.set_xlim(0, end + SCRAPE_EVERY_S)
+    tokens.set_xlim(0, end + step_s)
 
-    labels = {"SIGKILL": "SIGKILL leader", "SIGTERM": "SIGTERM leader:\nreleases, hand-over at once"}
+    if labels is None:
+        labels = {"SIGKILL": "SIGKILL leader", "SIGTERM": "SIGTERM leader:\nreleases, hand-over at once"}
     for name, at in events.items():
         if name in labels:
             for axis in (timeline, valid, tokens):
@@ -223,10 +240,39 @@ def plot(samples: list[Sample], events: dict[str, float], identities: list[str],
     handles = [Patch(color=COLOURS[i], label=identity) for i, identity in enumerate(identities)]
     handles += [Patch(color="#d0d0d0", label="standby"),
                 Patch(color="#e45756", alpha=0.25, label="no candidate reports leader"),
-                Line2D([], [], color="black", linestyle="--", linewidth=0.9, label="signal sent")]
+                Line2D([], [], color="black", linestyle="--", linewidth=0.9, label="event")]
     fig.legend(handles=handles, fontsize=7.5, loc="outside lower center", ncols=len(handles), frameon=False)
     fig.savefig(out, dpi=130)
     plt.close(fig)
+
+
+def plot_from_prometheus(data: dict, out: Path) -> int:
+    """Samples from Prometheus range queries (step 1 s over a 5 s scrape: each sample is the latest
+    scrape), one row per pod in order of appearance."""
+    start = data["start"]
+    values: dict[str, dict[str, dict[float, float]]] = {}
+    for metric, series in data["series"].items():
+        for one in series:
+            by_time = values.setdefault(one["pod"], {}).setdefault(metric, {})
+            for at, value in one["values"]:
+                by_time[float(at)] = float(value)
+    samples = []
+    for pod, metrics in values.items():
+        for at, is_leader in sorted(metrics.get("lease_sidecar_is_leader", {}).items()):
+            samples.append(Sample(at - start, pod, is_leader, metrics.get("lease_sidecar_lease_valid_seconds", {})
+                                  .get(at, nan), metrics.get("lease_sidecar_fencing_token", {}).get(at, nan)))
+    identities = sorted(values, key=lambda pod: min(s.t for s in samples if s.identity == pod))
+    short = {pod: pod.rsplit("-", 1)[-1] for pod in identities}  # the pod's own suffix
+    for sample in samples:
+        sample.identity = short[sample.identity]
+    events = {name: at - start for name, at in data["events"].items()}
+    interval = data.get("scrape_interval_s", 5.0)
+    plot(samples, events, [short[pod] for pod in identities], out,
+         title=f"lease-sidecar metrics in Prometheus (the example chart, 2 replicas, real pods; lease TTL 10 s, "
+               f"renewal every 2 s; scraped every {interval:g} s by the operator's Prometheus)",
+         step_s=1.0, labels={name: name for name in events})
+    print(f"wrote {out} ({len(samples)} samples of {len(identities)} pods)", file=sys.stderr)
+    return 0
 
 
 def main() -> int:
@@ -235,7 +281,11 @@ def main() -> int:
     parser.add_argument("--timeout", type=float, default=90.0, help="give up after this many seconds")
     parser.add_argument("--save-data", type=Path, help="also write the scraped samples and events as JSON")
     parser.add_argument("--from-data", type=Path, help="re-draw from such a JSON instead of running sidecars")
+    parser.add_argument("--from-prometheus", type=Path,
+                        help="draw from the range queries tests/node/test_monitoring.py saves")
     args = parser.parse_args()
+    if args.from_prometheus:
+        return plot_from_prometheus(json.loads(args.from_prometheus.read_text()), args.out)
     if args.from_data:
         data = json.loads(args.from_data.read_text())
         plot([Sample(**s) for s in data["samples"]], data["events"], data["identities"], args.out)
