@@ -40,6 +40,14 @@ SCHEMA = Path(__file__).with_name("schema.sql")
 SCHEMA_LOCK_KEY = 0x6265617473  # pg_advisory_lock key: replicas install the schema one at a time
 JOB_PREFIX = "job-"
 CATCH_UP_WORKERS = 8
+# The ticks of one job from first to last with no claim in the ledger, after its first claim ever.
+UNCLAIMED_TICKS = """
+SELECT tick FROM generate_series(%(first)s::timestamptz, %(last)s::timestamptz, %(step)s) AS tick
+ WHERE tick > (SELECT min(scheduled_at) FROM lease_tick_ledger WHERE scope = %(scope)s AND job = %(job)s)
+   AND NOT EXISTS (SELECT 1 FROM lease_tick_ledger l
+                    WHERE l.scope = %(scope)s AND l.job = %(job)s AND l.scheduled_at = tick)
+"""
+TERM_REFRESH_S = 0.25
 log = logging.getLogger("beat")
 INSERT_EFFECT = ("INSERT INTO beat_effects (job, scheduled_at, token, pod, mode, caught_up) "
                  "VALUES (%s, %s, %s, %s, %s, %s)")
@@ -193,6 +201,9 @@ class Beat:
         self._runs_lost = True
         self._refused_token: int | None = None  # a term whose write was refused: it is over
         self._catch_up_lock = threading.Lock()
+        self._term_lock = threading.Lock()
+        self._term: Any = None
+        self._term_asked_at = -TERM_REFRESH_S
         self._catch_up_pool = ThreadPoolExecutor(max_workers=CATCH_UP_WORKERS, thread_name_prefix="catch-up")
 
     # Every run of every job lands here with its scheduled time (TickExecutor below).
@@ -210,13 +221,23 @@ class Beat:
         time.sleep(self.settings.work_s)
         self.write_effect(job, scheduled_at, status.get("fencing_token"), None)
 
+    def fresh_term(self) -> Any:
+        """This pod's term as the sidecar last said, asked at most every TERM_REFRESH_S: a write
+        starts with the latest deadline (renewals move it), never one read before a long wait."""
+        with self._term_lock:
+            if time.monotonic() - self._term_asked_at >= TERM_REFRESH_S:
+                self._term_asked_at = time.monotonic()
+                self._term = self.sidecar.term()  # None unless leading (or the sidecar cannot be asked)
+            return self._term
+
     def run_fenced(self, job: str, scheduled_at: datetime) -> None:
-        term = self.sidecar.term()  # None unless this pod leads (or the sidecar cannot be asked)
+        term = self.fresh_term()
         if term is None or not term.is_valid():
             self._runs_lost = True
             return
         self.catch_up(term, before=scheduled_at)
-        if not self.write_effect(job, scheduled_at, term.fencing_token, term):
+        term = self.fresh_term()  # the catch-up may have taken a while
+        if term is None or not self.write_effect(job, scheduled_at, term.fencing_token, term):
             self._runs_lost = True  # whatever stopped it, the next run looks in the ledger again
 
     def write_effect(self, job: str, scheduled_at: datetime, token: int | None, term: Any,
@@ -273,7 +294,10 @@ class Beat:
         `before`, run now (each claimed like any other run, so a tick is never run twice)."""
         if self._caught_up_token == term.fencing_token and not self._runs_lost:
             return
-        with self._catch_up_lock:
+        # One catch-up at a time; runs arriving meanwhile go on with their own (current) ticks.
+        if not self._catch_up_lock.acquire(blocking=False):
+            return
+        try:
             if self._caught_up_token == term.fencing_token and not self._runs_lost:
                 return
             self._runs_lost = False
@@ -287,32 +311,33 @@ class Beat:
                 return
 
             def run_missed(job: str, scheduled_at: datetime) -> None:
-                if self._refused_token == term.fencing_token or not term.is_valid():
+                now_term = self.fresh_term()
+                if now_term is None or not term.same_term(now_term) or self._refused_token == term.fencing_token:
                     return  # the term is over: the next leader catches these up
-                self.write_effect(job, scheduled_at, term.fencing_token, term, caught_up=True)
+                self.write_effect(job, scheduled_at, now_term.fencing_token, now_term, caught_up=True)
 
             # Side by side: a minute of missed ticks must not take a minute of work to catch up.
             for future in [self._catch_up_pool.submit(run_missed, job, tick) for job, tick in missed]:
                 future.result()
             self._caught_up_token = term.fencing_token
+        finally:
+            self._catch_up_lock.release()
 
     def missed_ticks(self, term: Any, since: datetime, until: datetime) -> list[tuple[str, datetime]]:
-        """(job, tick) pairs after the latest tick of each job claimed in the ledger (by any term)
-        and before `until`, no older than `since` (the misfire grace). A job never claimed has
-        nothing to catch up: the beat did not exist before."""
-        from lease_sidecar_client import psycopg as fence_pg
-
+        """(job, tick) pairs of [since, until) that the ledger holds no claim for: the ticks nobody
+        ran, within the misfire grace (`since`). Not only after the latest claim: a tick this very
+        term lost (its write failed, a later one committed) is found too. Nothing before a job's
+        first claim ever: the beat did not run then."""
         conn = self.connections.get()
         interval = timedelta(seconds=self.settings.interval_s)
+        first = self.settings.tick_at_or_before(since) + interval
         missed: list[tuple[str, datetime]] = []
+        if first >= until:
+            return missed
         for job in self.settings.jobs:
-            last = fence_pg.last_tick(conn, term.lease, job)
-            if last is None:
-                continue
-            tick = max(last + interval, self.settings.tick_at_or_before(since) + interval)
-            while tick < until:
-                missed.append((job, tick))
-                tick += interval
+            rows = conn.execute(UNCLAIMED_TICKS, {"first": first, "last": until - interval, "step": interval,
+                                                  "scope": term.lease, "job": job}).fetchall()
+            missed += [(job, tick) for (tick,) in rows]
         return sorted(missed, key=lambda pair: pair[1])
 
     def heartbeat(self) -> None:
@@ -362,6 +387,7 @@ def tick_executor_class() -> type:
 
 
 def run_apscheduler(settings: Settings) -> int:
+    from apscheduler.executors.pool import ThreadPoolExecutor
     from apscheduler.schedulers.background import BackgroundScheduler
     from apscheduler.triggers.interval import IntervalTrigger
 
@@ -370,16 +396,17 @@ def run_apscheduler(settings: Settings) -> int:
     conn.close()
     beat = Beat(settings)
     workers = 4 * len(settings.jobs) + 2  # a run sleeps work_s; catch-up runs in a run's thread
-    scheduler = BackgroundScheduler(executors={"default": tick_executor_class()(max_workers=workers)},
-                                    timezone=UTC)
+    # Heartbeats have a thread of their own: never queued behind runs (a long catch-up must not
+    # look like a hung app to the sidecar).
+    scheduler = BackgroundScheduler(executors={"default": tick_executor_class()(max_workers=workers),
+                                               "heartbeat": ThreadPoolExecutor(max_workers=1)}, timezone=UTC)
     for job in settings.jobs:
         # A run that cannot start within one interval is left to the ledger's catch-up.
         scheduler.add_job(beat.run, IntervalTrigger(seconds=settings.interval_s, start_date=settings.anchor),
                           args=(job,), kwargs={"scheduled_at": None}, id=job, max_instances=8, coalesce=False,
                           misfire_grace_time=max(1, int(settings.interval_s)))
-    scheduler.add_job(lambda scheduled_at: beat.heartbeat(), IntervalTrigger(seconds=settings.heartbeat_s),
-                      kwargs={"scheduled_at": None}, id="heartbeat", max_instances=1, coalesce=True,
-                      misfire_grace_time=1)
+    scheduler.add_job(beat.heartbeat, IntervalTrigger(seconds=settings.heartbeat_s), id="heartbeat",
+                      executor="heartbeat", max_instances=1, coalesce=True, misfire_grace_time=1)
     stopping = threading.Event()
 
     def stop(signum: int, frame: object) -> None:
