@@ -15,6 +15,11 @@
 -- transaction can only roll back. Tokens of a scope only go up; lease_fence_reset(scope) is the
 -- only way down (for an etcd restored from a backup, whose tokens restart lower).
 --
+-- Isolation: written for READ COMMITTED (PostgreSQL's default), where a fence that waited on the
+-- lock sees the token committed meanwhile. Under REPEATABLE READ or SERIALIZABLE a concurrent raise
+-- of the token surfaces as a serialization failure (SQLSTATE 40001): roll back and retry, and the
+-- retry sees the new token.
+--
 -- The ledger: lease_claim_tick(scope, job, scheduled_at, token) fences, then claims the tick
 -- (job, scheduled time) for good: true for the one call that claimed it, false for every other,
 -- in any term. A job whose effect commits in the claim's transaction runs exactly once per tick;
