@@ -368,3 +368,32 @@ def test_sigterm_and_a_silent_app_release_every_lock_at_once(namespace: str, tmp
     finally:
         app.kill()
         sidecars.stop_all([a, b, c])
+
+
+def test_hand_edits_and_deletion_of_a_held_locks_lease_are_fenced(namespace: str, tmp_path: Path) -> None:
+    a = start("a", "locks", namespace, tmp_path)
+    b = start("b", "locks", namespace, tmp_path)
+    try:
+        status, held, _ = call(a, "POST", lock_path("edited", wait="5s"))
+        assert status == 200, held
+        name = held["lease"].split("/")[1]
+        kubectl("patch", "lease", name, "-n", namespace, "--type=merge", "-p",
+                '{"spec": {"leaseDurationSeconds": 1}}')  # shortened by hand: never believed (rule C)
+        time.sleep(1.5)
+        status, refused, _ = call(b, "POST", lock_path("edited"))
+        assert status == 409 and refused["holder"] == f"a/{held['owner']}", refused
+        before_delete = time.monotonic()  # b sees the deletion after this, so its fence ends >= this + 3 s
+        kubectl("delete", "lease", name, "-n", namespace)
+        sidecars.wait_for(lambda: call(a, "PUT", lock_path("edited", owner=held["owner"]))[0] == 409, timeout=5)
+        status, taken, _ = call(b, "POST", lock_path("edited", wait="10s"), timeout=15)
+        # The holder may not have seen the deletion (paused, cut off): others wait --lock-max-ttl.
+        assert status == 200 and time.monotonic() - before_delete >= 3, taken
+        assert taken["fencing_token"] > held["fencing_token"]
+        metrics = b.metrics_text()
+        labels = f'election="locks",namespace="{namespace}",prefix="locks-lock-"'
+        assert f"lease_sidecar_lock_acquisitions_total{{{labels}}} 1.0" in metrics, metrics[-2000:]
+        assert f"lease_sidecar_lock_conflicts_total{{{labels}}} 1.0" in metrics
+        assert f"lease_sidecar_locks_held{{{labels}}} 1.0" in metrics
+        assert f"lease_sidecar_lock_losses_total{{{labels}}} 1.0" in a.metrics_text()
+    finally:
+        sidecars.stop_all([a, b])
