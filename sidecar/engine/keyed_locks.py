@@ -424,6 +424,9 @@ class KeyedLocks:
                     await self._sleep_until(entry, until)
                     continue
                 await self._perform(entry, action)
+        except Exception:  # a bug must not leave an acquisition waiting for an answer
+            log.exception("lock driver failed", extra={"event": "lock_driver_failed", "lease": entry.name})
+            self._give_up(entry, "internal error")
         finally:
             entry.task = None
             entry.notify()
