@@ -17,7 +17,7 @@ class Distribution(unittest.TestCase):
         probe = ("import sys\nbefore = set(sys.modules)\n" + "".join(f"import {name}\n" for name in CORE) +
                  "top = {m.split('.')[0] for m in set(sys.modules) - before if not m.startswith('_sysconfigdata')}\n"
                  "print(sorted(top - set(sys.stdlib_module_names) - {'lease_sidecar_client'}))")
-        out = subprocess.run([sys.executable, "-I", "-c", probe], capture_output=True, text=True, check=True,
+        out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True,
                              cwd=os.path.dirname(__file__))
         self.assertEqual(out.stdout.strip(), "[]")
 
