@@ -419,3 +419,21 @@ def test_the_loop_catches_up_missed_ticks_once_after_its_leader_dies(namespace: 
     caught_up = [tag for tag, _, _ in rows if tag.startswith("second") and float(tag.split()[-1]) > 1.0]
     assert caught_up, f"the new leader caught nothing up: {rows}"
     assert loops[1].counts.ran >= 4 and loops[1].counts.failed == 0
+
+
+async def test_redis_async_fence(redis_url: str) -> None:
+    import redis.asyncio
+    from lease_sidecar_client.redis import AsyncRedisFence
+
+    client = redis.asyncio.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        scope = f"ns/{uuid.uuid4().hex[:8]}"
+        fence = AsyncRedisFence(client, scope)
+        key = f"report:{{{scope}}}"
+        assert await fence.set(term(3, scope), key, "three") is True
+        await client.script_flush()  # reloaded on NOSCRIPT
+        with pytest.raises(StaleToken):
+            await fence.set(term(2, scope), key, "two")
+        assert await client.get(key) == "three"
+    finally:
+        await client.aclose()
