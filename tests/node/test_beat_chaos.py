@@ -40,7 +40,6 @@ import pytest
 
 from tests.conftest import local_node, localcluster
 from tests.node.example import (  # noqa: F401 - fixtures
-    REPLICAS,
     beat_images,
     example_chart,
     example_release,
@@ -53,6 +52,7 @@ from tests.node.example import (  # noqa: F401 - fixtures
 Release = example_release.Release
 SEED = int(os.environ.get("BEAT_CHAOS_SEED", "20261203"))
 ROUNDS = 2  # each fault at least twice
+REPLICAS = 2  # per arm: a leader and a standby to take over (two arms, PostgreSQL each: six pods)
 JOBS = 4
 INTERVAL_S = 1.0
 WORK_S = 0.3  # BEAT_WORK_SECONDS: the window between a run's check of its term and its write
@@ -95,6 +95,7 @@ FROZEN_PAST_TAKEOVER_S = 3.0  # a frozen or cut-off leader is let go this long a
 TAKEOVER_TIMEOUT_S = 60.0
 SETTLE_S = 2.0  # between faults, once both arms have one leader again
 DRAIN_S = 8.0  # after the last fault: catch-ups land before the tables are read
+INSTALL_TIMEOUT_S = 420.0  # two releases at once, six pods, on a busy 2-core machine
 
 
 @dataclass
@@ -123,11 +124,11 @@ def arms(example_chart: Path, beat_images: dict[str, str]) -> Iterator[dict[str,
     for mode in ("fenced", "naive"):
         release = new_release(example_chart, "native", name=mode)
         release.namespace = release.namespace.replace("pods-native-", f"beat-{mode}-")
-        release.sets = [*SETS, *example_release.beat_sets(mode, jobs=JOBS, work_s=WORK_S)]
+        release.sets = [*SETS, f"replicaCount={REPLICAS}", *example_release.beat_sets(mode, jobs=JOBS, work_s=WORK_S)]
         releases[mode] = release
     try:
         with ThreadPoolExecutor(max_workers=2) as pool:
-            for future in [pool.submit(release.install) for release in releases.values()]:
+            for future in [pool.submit(release.install, INSTALL_TIMEOUT_S) for release in releases.values()]:
                 future.result()
         watches = {mode: example_release.LeaseWatch(r.api, r.namespace, r.lease) for mode, r in releases.items()}
         for lease_watch in watches.values():
