@@ -9,15 +9,28 @@ Leader
 * L1. A leader leads only until `renew_deadline` (D) after the *start* of its last successful
   write; D < lease TTL (d) is validated. It steps down at once, before that, when it observes its
   record deleted, or naming another holder, another token, or no holder.
+* L2. Every new term carries a fencing token larger than any stored in the Lease or seen by this
+  process, and than any this Lease (under this name, in this etcd) ever carried, even when the
+  Lease was deleted and no process remembers: token = 1 + max(the replaced record's token (or
+  leaseTransitions), the highest token this process has seen, V), where V is the
+  resourceVersion of the record the acquisition replaces, or, for a creation, the store's
+  version when the Lease was seen absent (the list that showed it absent, or the deletion's).
+  Why this exceeds every earlier token T: resourceVersions of one resource are comparable
+  integers that only grow, across deletion and re-creation (Kubernetes 1.35+, KEP-5504). Each
+  term costs at least one write, its acquisition, whose version exceeds V; so by induction
+  T <= the version of T's own acquisition write. Every earlier acquisition write precedes the
+  record replaced (or the absence observed), so its version, hence T, is <= V < token. It only
+  raises tokens: the formula is the old one (1 + the previous token) or larger, so users that
+  stored a token keep accepting the next. The one hazard: an etcd restored from a backup
+  rewinds versions, and tokens issued after the backup may be met again (README).
+  A record naming our identity with a token we did not write (a previous life, or a duplicate
+  process) is someone else's.
 * L3 (rule A, the app: core/liveness.py). A term ends at the first moment its app forbids
   leading: a resign (whatever the sit-out, 0 included) or the app's heartbeat TTL lapsing. The
   view says standby from that very moment (the driver arms a timer for it, as for the renew
   deadline), and nothing brings that term back: not a late heartbeat, not a renewal or read that
   was in flight. The next action releases (naming a successor, H1); after a sit-out of 0 the
   candidate may campaign again at once, in a new term.
-* L2. Every new term carries a fencing token larger than any stored in the Lease or seen by this
-  process. A record naming our identity with a token we did not write (a previous life, or a
-  duplicate process) is someone else's.
 
 Candidate: fences. A *fence* is a local time before which some holder may still believe it leads.
 A candidate writes a new term only when every fence has passed. On each observed *change* of the
@@ -239,6 +252,8 @@ class Elector:
         A record naming our identity with any other token is someone else's (a previous life, or
         a duplicate process with our identity) and must expire before we take it."""
         self._highest_token = 0
+        self._absent_version: int | None = None
+        """While the Lease is observed absent: the store's version at or after the absence (L2)."""
         self._maybe_written: LeaseRecord | None = None
         """An acquisition whose outcome is unknown (timeout): ours only if a read shows this very
         record. Token and identity are not enough: a duplicate process with our identity that saw
@@ -354,7 +369,7 @@ class Elector:
             if now.mono < until:
                 return Wait(until, why)
         if record is None or self._observed is None:
-            return Write("acquire", self._new_term_record(None, now), None, timeout)
+            return Write("acquire", self._new_term_record(None, now, self._absent_version), None, timeout)
         if _is_release(record):
             reserved = reserved_until(record, self.identity, self._observed_changed_mono)
             if reserved is not None and now.mono < reserved:
@@ -367,7 +382,8 @@ class Elector:
         if taken_over and self._failover_counted_for != self._observed.version:
             self._failover_counted_for = self._observed.version
             self.stats.failovers_detected += 1
-        return Write("acquire", self._new_term_record(record, now), self._observed.version, timeout)
+        return Write("acquire", self._new_term_record(record, now, _version_number(self._observed.version)),
+                     self._observed.version, timeout)
 
     def _closing_action(self, now: Moment, timeout: float) -> Action:
         """Release what this process holds, re-reading after a conflict; give up after a few tries
@@ -477,15 +493,18 @@ class Elector:
         return record.holder == self.identity and self._held_token is not None \
             and record.fencing_token == self._held_token
 
-    def _new_term_record(self, old: LeaseRecord | None, now: Moment) -> LeaseRecord:
+    def _new_term_record(self, old: LeaseRecord | None, now: Moment, replaced_version: int | None) -> LeaseRecord:
+        """`replaced_version`: the resourceVersion of the record this acquisition replaces, or, for
+        a creation, the store's version when the Lease was seen absent (None if unknown)."""
         if old is None:
             base, transitions = 0, 0
         else:
             base = old.fencing_token if old.fencing_token is not None else old.transitions
             # client-go counts a transition only when the holder changes.
             transitions = old.transitions + (0 if old.holder == self.identity else 1)
-        # Never below a token this process has seen, even if the Lease was deleted meanwhile.
-        token = max(base, self._highest_token) + 1
+        # L2: never below a token this process has seen, even if the Lease was deleted meanwhile,
+        # nor below the version replaced, which exceeds every token written before it.
+        token = max(base, self._highest_token, replaced_version or 0) + 1
         return LeaseRecord(holder=self.identity, duration_s=int(self.config.lease_ttl_s),
                            acquire_time=now.wall, renew_time=now.wall, transitions=transitions,
                            fencing_token=token, strategy=old.strategy if old is not None else "")
@@ -493,8 +512,11 @@ class Elector:
     # ------------------------------------------------------------------ observations
 
     def observe(self, now: Moment, current: Versioned | None, *, from_stream: bool = False,
-                sent_at_generation: int | None = None) -> None:
+                sent_at_generation: int | None = None, absent_version: str | None = None) -> None:
         """A read or watch result: the stored record (None: the Lease does not exist).
+
+        `absent_version`: with `current` None, a resourceVersion of the store taken at or after
+        the absence (a list's, or the deletion's); a creation's token is raised above it (L2).
 
         `from_stream`: a watch event after the stream's initial list. Watch events arrive in
         order, so until the echo of our own last write shows up, any event predates that write
@@ -527,6 +549,7 @@ class Elector:
         highest_before = self._highest_token
         self._observed_ever = True
         self._observed = current
+        self._absent_version = _version_number(absent_version) if current is None else None
         if current is not None:
             token = current.record.fencing_token or 0
             self._highest_token = max(self._highest_token, token)
@@ -638,6 +661,14 @@ class Elector:
             self._term_end = TermEnd(self._term.fencing_token, reason)
         self._term = None
         self.last_loss_reason = reason
+
+
+def _version_number(version: str | None) -> int | None:
+    """A resourceVersion as the integer it is (comparable since Kubernetes 1.35, KEP-5504); None
+    for a version that is not a decimal integer (another store's), which then raises nothing."""
+    if version is None or not version.isdigit():
+        return None
+    return int(version)
 
 
 def _released_a_later_term(before: LeaseRecord, after: LeaseRecord) -> bool:

@@ -52,6 +52,10 @@ class LeaseStore(Protocol):
     """Storage for one lock (a Lease's namespace/name). Every call is bounded by `timeout_s`."""
 
     key: str
+    absent_version: str | None
+    """Set whenever `get` or `watch` reports the record absent: a version of the store taken at
+    or after the absence (the deletion's, or a list's that showed it absent); None if unknown.
+    A creation's fencing token is raised above it (election.py, L2)."""
 
     async def get(self, timeout_s: float) -> Versioned | None:
         """The current record, or None if it does not exist."""

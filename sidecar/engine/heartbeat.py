@@ -139,7 +139,8 @@ class BeatHeartbeat:
                 sent_at = self.elector.write_generation
                 async for event in self.backend.watch(idle_s, request_timeout):
                     self.elector.observe(self.clock.now(), event.current, from_stream=not first,
-                                         sent_at_generation=sent_at if first else None)
+                                         sent_at_generation=sent_at if first else None,
+                                         absent_version=self.backend.absent_version)
                     if first and sent_at != self.elector.write_generation:
                         await self._read_after_dropped_list(request_timeout)
                     first = False
@@ -226,7 +227,7 @@ class BeatHeartbeat:
             async with asyncio.timeout(action.timeout_s + 0.5):
                 if isinstance(action, Read):
                     current = await self.backend.get(action.timeout_s)
-                    self.elector.observe(self.clock.now(), current)
+                    self.elector.observe(self.clock.now(), current, absent_version=self.backend.absent_version)
                     return
                 if action.expected_version is None:
                     stored = await self.backend.create(action.record, action.timeout_s)

@@ -18,6 +18,7 @@ class InMemoryLockBackend:
         self._history: list[WatchEvent] = []
         self._changed = asyncio.Condition()
         self._counter = 0
+        self.absent_version: str | None = None
         self.unavailable = False
         """Set to simulate an outage: every call raises BackendUnavailable."""
 
@@ -40,7 +41,12 @@ class InMemoryLockBackend:
 
     async def get(self, timeout_s: float) -> Versioned | None:
         self._check()
+        self._note_absence(self._current)
         return self._current
+
+    def _note_absence(self, current: Versioned | None) -> None:
+        if current is None:
+            self.absent_version = str(self._counter)  # every version so far precedes this absence
 
     async def create(self, record: LeaseRecord, timeout_s: float) -> Versioned:
         self._check()
@@ -64,10 +70,12 @@ class InMemoryLockBackend:
     async def watch(self, idle_timeout_s: float, request_timeout_s: float = 5.0) -> AsyncIterator[WatchEvent]:
         self._check()
         seen = len(self._history)
+        self._note_absence(self._current)
         yield WatchEvent(self._current)
         while True:
             if seen < len(self._history):
                 seen += 1
+                self._note_absence(self._history[seen - 1].current)
                 yield self._history[seen - 1]
                 continue
             async with self._changed:

@@ -36,19 +36,39 @@ class LeaseLockBackend:
         self._observe = observe_request or (lambda verb, result, seconds: None)
         self._raw: dict[str, dict[str, Any]] = {}
         self.uid: str | None = None
+        self.absent_version: str | None = None
+        """The collection's resourceVersion when the Lease was last seen absent (see LeaseStore)."""
         """The Lease's metadata.uid as last observed (None before any): a new uid is a new Lease."""
 
     # ------------------------------------------------------------------ storage
 
     async def get(self, timeout_s: float) -> Versioned | None:
+        started = time.monotonic()
         try:
             lease = await self._call("get", timeout_s, self._api.read_namespaced_lease,
                                      self.name, self.namespace)
         except ApiException as error:
             if error.status == 404:
-                return None
+                # A 404 carries no version; a list does (the collection's), and a creation's
+                # fencing token must exceed it (election.py, L2). It may find the Lease back.
+                return await self._list_one(max(0.1, timeout_s - (time.monotonic() - started)))
             raise _translate(error) from error
         return self._remember(lease)
+
+    async def _list_one(self, timeout_s: float) -> Versioned | None:
+        try:
+            listing = await self._call("list", timeout_s, self._api.list_namespaced_lease, self.namespace,
+                                       field_selector=f"metadata.name={self.name}")
+        except ApiException as error:
+            raise _translate(error) from error
+        items = listing.get("items") or []
+        if items:
+            return self._remember(items[0])
+        self._note_absence((listing.get("metadata") or {}).get("resourceVersion"))
+        return None
+
+    def _note_absence(self, version: object) -> None:
+        self.absent_version = str(version) if version else None
 
     async def create(self, record: LeaseRecord, timeout_s: float) -> Versioned:
         body = {
@@ -96,8 +116,10 @@ class LeaseLockBackend:
         listing = await self._call("list", request_timeout_s, self._api.list_namespaced_lease,
                                    self.namespace, field_selector=selector)
         items = listing.get("items") or []
-        yield WatchEvent(self._remember(items[0]) if items else None)
         version = (listing.get("metadata") or {}).get("resourceVersion")
+        if not items:
+            self._note_absence(version)
+        yield WatchEvent(self._remember(items[0]) if items else None)
         while True:
             response = await self._open_watch(selector, version, idle_timeout_s)
             try:
@@ -112,6 +134,9 @@ class LeaseLockBackend:
                     if kind in ("ADDED", "MODIFIED"):
                         yield WatchEvent(self._remember(obj))
                     elif kind == "DELETED":
+                        # The deleted object's version: the deletion's revision (or, on older
+                        # servers, its last write's; a token is one above it either way).
+                        self._note_absence((obj.get("metadata") or {}).get("resourceVersion"))
                         yield WatchEvent(None)
             except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as error:
                 raise BackendUnavailable(f"watch {self.key}: {error!r}") from error

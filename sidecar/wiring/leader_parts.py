@@ -99,6 +99,10 @@ class ReleaseFirst:
         self._before_release = before_release
         self.key = backend.key
 
+    @property
+    def absent_version(self) -> str | None:
+        return self._backend.absent_version
+
     async def get(self, timeout_s: float) -> Versioned | None:
         return await self._backend.get(timeout_s)
 

@@ -706,3 +706,31 @@ def test_a_holder_is_credited_the_longest_duration_seen_even_after_a_missed_rene
     # b's watch relists across a's renewal at 10 and a later hand edit: its next view is the edit.
     b.observe(at(12), Versioned(held_by("a", 1, duration_s=1, renewed_s=10), "3"))
     assert first_write_time(b, 12) == 37
+
+
+def test_a_creation_with_no_memory_takes_a_token_above_the_version_that_showed_the_lease_absent() -> None:
+    # Issue 18 item 2: before, a Lease deleted while no sidecar remembered restarted tokens at 1.
+    # Every earlier token is at most its own acquisition's resourceVersion, below the list's.
+    newcomer = Elector("c", CONFIG)
+    newcomer.observe(at(0), None, absent_version="7012")
+    create = newcomer.next_action(at(10))
+    assert isinstance(create, Write) and create.expected_version is None
+    assert create.record.fencing_token == 7013
+
+
+def test_an_acquisition_takes_a_token_above_the_version_it_replaces() -> None:
+    newcomer = Elector("c", CONFIG)
+    # Re-created by hand (no token, no transitions) after the old Lease's tokens reached 6000.
+    newcomer.observe(at(0), Versioned(LeaseRecord(), "6500"))
+    take = newcomer.next_action(at(10))
+    assert isinstance(take, Write) and take.expected_version == "6500" and take.record.fencing_token == 6501
+    # A record whose token is above its version (an etcd restored from a backup) still counts.
+    other = Elector("d", CONFIG)
+    other.observe(at(0), Versioned(released(held_by("a", 9000)), "6600"))
+    take = other.next_action(at(0))
+    assert isinstance(take, Write) and take.record.fencing_token == 9001
+    # Versions that are not integers (another store's) raise nothing: the old rule.
+    third = Elector("e", CONFIG)
+    third.observe(at(0), Versioned(released(held_by("a", 4)), "v-abc"))
+    take = third.next_action(at(0))
+    assert isinstance(take, Write) and take.record.fencing_token == 5

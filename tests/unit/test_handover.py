@@ -51,7 +51,7 @@ def test_local_request_releases_to_the_successor_who_alone_takes_it() -> None:
     writes = settle([*others, leader], store, 1.05)
     assert [(w.kind, w.record.holder) for w in writes] == [("acquire", "s7")]  # one write, no 409
     assert others[7].view(1.05).role is BeatRole.LEADER
-    assert store.current.record.successor == "" and store.current.record.fencing_token == 2
+    assert store.current.record.successor == "" and store.current.record.fencing_token > 1
     assert leader.view(1.05).role is BeatRole.STANDBY and isinstance(leader.next_action(at(1.05)), Wait)
 
 
