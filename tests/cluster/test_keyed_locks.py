@@ -397,3 +397,21 @@ def test_hand_edits_and_deletion_of_a_held_locks_lease_are_fenced(namespace: str
         assert f"lease_sidecar_lock_losses_total{{{labels}}} 1.0" in a.metrics_text()
     finally:
         sidecars.stop_all([a, b])
+
+
+def test_the_pods_request_rate_and_key_limit_answer_429_with_retry_after(namespace: str, tmp_path: Path) -> None:
+    a = start("a", "locks", namespace, tmp_path, "--lock-rate", "0.5", "--lock-max-keys", "1")
+    try:
+        assert call(a, "POST", lock_path("first", wait="10s"))[0] == 200  # bursts of 1 (twice 0.5)
+        errors = []
+        for _ in range(6):  # the rate (one per 2 s) and the key limit (one key) both refuse "second"
+            status, body, headers = call(a, "POST", lock_path("second"))
+            assert status == 429 and int(headers["Retry-After"]) >= 1, body
+            errors.append(body["error"])
+            if len(set(errors)) == 2:
+                break
+            time.sleep(float(headers["Retry-After"]))
+        assert set(errors) == {"too many lock requests from this pod",
+                               "this pod holds or is acquiring 1 keys (--lock-max-keys)"}, errors
+    finally:
+        sidecars.stop_all([a])
