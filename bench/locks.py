@@ -138,8 +138,8 @@ def measure(runs: int) -> list[dict[str, Any]]:
     kubeconfig = localcluster.Paths().kubeconfig
     subprocess.run([str(localcluster.TOOLS["kubectl"].cache_path()), "--kubeconfig", str(kubeconfig),
                     "create", "namespace", NAMESPACE], capture_output=True, check=False)
-    logs = BENCH / ".logs"
-    logs.mkdir(exist_ok=True)
+    logs = localcluster.CACHE_DIR / "bench" / "logs"  # beside bench/run.py's logs
+    logs.mkdir(parents=True, exist_ok=True)
     values: dict[str, list[float]] = {name: [] for name in SCENARIOS}
     for run in range(runs):
         result = one_run(kubeconfig, logs / f"locks-{run}.log")
