@@ -67,6 +67,11 @@ class ElectionConfig:
     request_timeout_s: float | None = None
     """Per API call. Unset: min(5, renew_deadline - renewal_interval). A leader's renewal is further
     capped by the time it has left."""
+    handover_drain_timeout_s: float = 0.0
+    """`--handover-drain-timeout`: on a graceful release (SIGTERM, a hand-over) the leader keeps
+    leading, `draining`, until its app resigns or this long has passed; 0 is off (release at once).
+    That it fits the pod's terminationGracePeriodSeconds, with the renew deadline, is the user's
+    to check: the sidecar cannot see it."""
 
     def __post_init__(self) -> None:
         for name in ("lease_ttl_s", "renewal_interval_s", "heartbeat_interval_s", "heartbeat_ttl_s",
@@ -97,6 +102,10 @@ class ElectionConfig:
                                   f"{_fmt(self.renewal_interval_s)}, ttl {_fmt(self.lease_ttl_s)})")
         if self.request_timeout_s is not None:
             parse_duration_s(self.request_timeout_s, FLAG_NAMES["request_timeout_s"])
+        drain = self.handover_drain_timeout_s
+        if isinstance(drain, bool) or not isinstance(drain, int | float) or not math.isfinite(drain) or drain < 0:
+            raise ConfigError(FLAG_NAMES["handover_drain_timeout_s"],
+                              f"must be a duration of 0 (off) or more; got {drain!r}")
 
     @property
     def renew_deadline(self) -> float:
@@ -124,6 +133,7 @@ FLAG_NAMES = {
     "heartbeat_ttl_s": "--heartbeat-ttl",
     "failover_timeout_s": "--failover-timeout",
     "request_timeout_s": "--api-timeout",
+    "handover_drain_timeout_s": "--handover-drain-timeout",
 }
 
 

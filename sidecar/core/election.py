@@ -79,6 +79,14 @@ Hand-over (core/succession.py)
   after this process saw it; then by anyone. This adds a wait, never a write, so it cannot weaken
   the rules above.
 
+Drain (issue 18 item 6, `--handover-drain-timeout`)
+* D1. With a drain timeout, a graceful release (close, a hand-over request) does not end the term
+  at once: the leader goes on leading and renewing, with `draining` published, until the app
+  resigns (its work done: L3 ends the term) or the timeout passes; then the term ends and the
+  release is written as in H1. Nothing else changes: the renew deadline still ends the term if
+  renewals fail (L1), and any observation that ends it ends the drain too. It adds a wait before
+  a release, never a write, so the rules above hold as they are.
+
 Safety argument. Take any holder H (duration d, deadline D < d) and its last successful write W,
 started at s: H leads until at most s + D. Any state a candidate C observes after W (W's record,
 a later change, the Lease's absence) exists only after W started, so C observes it at t > s.
@@ -220,6 +228,8 @@ class ElectionView:
     lease_observed: bool
     term_end: TermEnd | None = None
     """The latest term's end, if it has ended (by `now`, even before the Elector noticed)."""
+    draining: bool = False
+    """D1: leading, while a graceful release waits for the app to resign (or the drain timeout)."""
 
 
 class Elector:
@@ -273,6 +283,11 @@ class Elector:
         """The successor this leader was asked (locally) to release to; see core/succession.py."""
         self._handing_over = False
         """The term has ended for a hand-over; the release to `_handover_to` is being written."""
+        self._drain_until_mono: float | None = None
+        """D1: a graceful release waits for the app until then, the term going on meanwhile."""
+        self._drain_successor: str | None = None
+        self._drain_closing = False
+        """The drain ends in shutdown (close) rather than a hand-over to `_drain_successor`."""
         self.members: list[Member] = []
         """The other candidates as the members view shows them, for choosing a successor."""
         self.own_revision = ""
@@ -320,12 +335,15 @@ class Elector:
             observed=self._last_observation,
             lease_observed=self._observed_ever,
             term_end=term_end,
+            draining=leading and self._drain_until_mono is not None,
         )
 
     # ------------------------------------------------------------------ decisions
 
     def next_action(self, now: Moment) -> Action:
         self._expire_term(now)
+        if self._drain_until_mono is not None and (self._term is None or now.mono >= self._drain_until_mono):
+            self._end_drain()
         if self._done:
             return Done()
         timeout = self.config.request_timeout
@@ -342,14 +360,15 @@ class Elector:
                 return handover
         if self._term is not None and self._observed is not None:
             successor = requested_successor(self._observed.record, self.identity)
-            if successor:
+            if successor and not self._begin_drain(now, successor, closing=False):
                 # Standby first: the driver publishes this before it sends the release.
                 self._begin_handover(successor)
                 return self._release_write(now, timeout, successor)
         if self._term is not None:
             due = self._term.last_renew_started_mono + self.config.renewal_interval_s
             if now.mono < due:
-                return Wait(min(due, self.valid_until_mono, self.gate.next_change_mono(now.mono) or due))
+                return Wait(min(due, self.valid_until_mono, self.gate.next_change_mono(now.mono) or due,
+                                self._drain_until_mono or due))
             left = self.valid_until_mono - now.mono
             if self._observed is None:  # a term starts from a written record; never renew blind, re-read
                 self._needs_read = True
@@ -427,11 +446,37 @@ class Elector:
         return choose_successor(self.members, self.identity, self.own_revision, replacing_self)
 
     def request_handover(self, successor: str, now: Moment) -> bool:
-        """Standby now; the next action releases to `successor`. False if not leading (or it is us)."""
+        """Standby now; the next action releases to `successor`. False if not leading (or it is us).
+        With a drain timeout (D1), the term goes on, draining, until the app resigns or it ends."""
         if not self.is_leader(now.mono) or not successor or successor == self.identity:
             return False
-        self._begin_handover(successor)
+        if not self._begin_drain(now, successor, closing=False):
+            self._begin_handover(successor)
         return True
+
+    def draining(self, now_mono: float) -> bool:
+        """D1: a graceful release is waiting for the app (the term goes on meanwhile)."""
+        return self._drain_until_mono is not None and self.is_leader(now_mono)
+
+    def _begin_drain(self, now: Moment, successor: str | None, closing: bool) -> bool:
+        """D1: start (or keep) draining instead of ending the term now; False when there is no
+        drain to do (no drain timeout, or not leading)."""
+        if self.config.handover_drain_timeout_s <= 0 or not self.is_leader(now.mono):
+            return False
+        if self._drain_until_mono is None:
+            self._drain_until_mono = now.mono + self.config.handover_drain_timeout_s
+        self._drain_successor = self._drain_successor or successor
+        self._drain_closing = self._drain_closing or closing
+        return True
+
+    def _end_drain(self) -> None:
+        """D1: the app resigned, the drain timed out, or the term ended otherwise: release now."""
+        closing, successor = self._drain_closing, self._drain_successor
+        self._drain_until_mono, self._drain_successor, self._drain_closing = None, None, False
+        if closing:
+            self._finish_close()
+        elif self._term is not None and successor:
+            self._begin_handover(successor)
 
     def _begin_handover(self, successor: str) -> None:
         self._end_term(f"handing over to {successor}")
@@ -618,9 +663,16 @@ class Elector:
 
     def close(self, now: Moment | None = None) -> None:
         """Begin shutdown: standby at once; the next actions release the lease if this process
-        holds it, then Done. With `now`, a deadline already passed is reported as the reason."""
+        holds it, then Done. With `now`, a deadline already passed is reported as the reason.
+        With a drain timeout (D1) and a term running, the term goes on, draining, first."""
         if now is not None:
             self._expire_term(now)
+            if self._begin_drain(now, None, closing=True):
+                return
+        self._finish_close()
+
+    def _finish_close(self) -> None:
+        self._drain_until_mono, self._drain_successor, self._drain_closing = None, None, False
         if not self._closing and self._term is not None:
             self._end_term("shutting down")
         self._closing = True
@@ -649,7 +701,7 @@ class Elector:
             if ended != "resigned":
                 self.stats.leader_elections_lost += 1
             # H1: name a successor; a resigning app is usually its pod shutting down.
-            successor = self.choose_successor(replacing_self=ended == "resigned")
+            successor = self._drain_successor or self.choose_successor(replacing_self=ended == "resigned")
             self._handing_over, self._handover_to, self._release_attempts = True, successor, 0
 
     def _lose_term(self, reason: str) -> None:

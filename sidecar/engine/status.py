@@ -68,7 +68,9 @@ class StatusBoard:
         tells the listeners alone when the app's liveness changed."""
         now = self._clock.now()
         view = self._elector.view(now.mono)
-        key = (view.role, view.holder, view.fencing_token)
+        draining = bool(self._draining())
+        # A drain starting is news the app must hear at once (it should finish and resign).
+        key = (view.role, view.holder, view.fencing_token, draining)
         changed = key != self._key
         if changed:
             self._key = key
@@ -90,7 +92,7 @@ class StatusBoard:
             "valid_until_monotonic": deadline,
             "valid_for_seconds": None if deadline is None else round(max(0.0, deadline - now.mono), 6),
             "lease_uid": self._lease_uid(),
-            "draining": bool(self._draining()),
+            "draining": draining,
             "observed_at": rfc3339(view.observed.wall) if view.observed else None,
             "version": self.version,
             "heartbeat_at": self.last_heartbeat_at,

@@ -186,7 +186,8 @@ async def assemble(settings: RunSettings, namespace: str, identity: str, config:
     metrics = ElectionMetrics(registry, elector, clock, namespace, settings.lease_name, identity)
     backend: LeaseLockBackend | None = None
     board = StatusBoard(elector, clock, context["lease"], config.heartbeat_ttl_s, app=liveness,
-                        lease_uid=lambda: backend.uid if backend is not None else None)
+                        lease_uid=lambda: backend.uid if backend is not None else None,
+                        draining=lambda: elector.draining(clock.now().mono))
 
     def track_term(snapshot: dict[str, Any]) -> None:
         context["term"] = snapshot["fencing_token"]
@@ -301,7 +302,7 @@ async def _shut_down(parts: Parts, tasks: dict[str, asyncio.Task[None]], runners
         # Keyed locks and the election are released side by side, within the same grace.
         await asyncio.wait_for(asyncio.gather(_release(heartbeat, tasks.get("elect")), *(
             [parts.lock_parts.shut_down(SHUTDOWN_GRACE_S)] if parts.lock_parts is not None else [])),
-            SHUTDOWN_GRACE_S)
+            SHUTDOWN_GRACE_S + parts.elector.config.handover_drain_timeout_s)  # the drain waits for the app
     except TimeoutError:
         log.error("release did not finish in time; the lease will expire by itself",
                   extra={"event": "release_timeout"})

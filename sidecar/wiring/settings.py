@@ -81,6 +81,11 @@ class RunSettings(BaseSettings):
                                                 "(Downward API status.podIP).")
     label_pod: bool = Field(default=False, description="Label this pod (POD_NAME) lease-sidecar.io/role="
                                                        "leader|standby: a hint, stale after a crash.")
+    handover_drain_timeout: float = Field(default=0.0, description="On a graceful release (SIGTERM, a "
+                                          "hand-over) keep leading, with `draining: true` in /leader, until the app "
+                                          "resigns (POST /leader/resign) or this long has passed, then release. 0: "
+                                          "off. It plus the renew deadline must fit the pod's "
+                                          "terminationGracePeriodSeconds (not checked here).")
     events: bool = Field(default=False, description="Record events.k8s.io/v1 Events on the Lease (became "
                                                     "leader, lost, released, hand-over requested), rate-limited.")
     locks: bool = Field(default=False, description="Keyed locks for the app on the local API: POST/PUT/DELETE/GET "
@@ -121,12 +126,24 @@ class RunSettings(BaseSettings):
             raise ValueError("must be 0 (the kernel's own) or from 0.1ms to 100ms")
         return seconds
 
+    @field_validator("handover_drain_timeout", mode="before")
+    @classmethod
+    def _drain(cls, value: object) -> float:
+        if value is None or value == "":
+            return 0.0
+        text = str(value).strip()
+        if _ZERO.fullmatch(text):
+            return 0.0
+        if text.startswith("-"):
+            raise ValueError(f"must be 0 (off) or a positive duration, not negative; got {text[:40]!r}")
+        return parse_duration_s(value, "--handover-drain-timeout")
+
     def election_config(self) -> ElectionConfig:
         return ElectionConfig(
             lease_ttl_s=self.leader_lease_ttl, renewal_interval_s=self.leader_renewal_interval,
             renew_deadline_s=self.leader_renew_deadline, heartbeat_interval_s=self.heartbeat_interval,
             heartbeat_ttl_s=self.heartbeat_ttl, failover_timeout_s=self.failover_timeout,
-            request_timeout_s=self.api_timeout)
+            request_timeout_s=self.api_timeout, handover_drain_timeout_s=self.handover_drain_timeout)
 
     def resolved_namespace(self) -> str:
         if self.namespace:
