@@ -475,6 +475,7 @@ class Elector:
         self._drain_until_mono, self._drain_successor, self._drain_closing = None, None, False
         if closing:
             self._finish_close()
+            self._handover_to = self._handover_to or successor  # a hand-over asked before the close
         elif self._term is not None and successor:
             self._begin_handover(successor)
 

@@ -92,3 +92,15 @@ def test_without_a_drain_close_ends_the_term_at_once() -> None:
 def test_a_negative_drain_timeout_is_refused_in_one_line(bad: float) -> None:
     with pytest.raises(ConfigError, match=r"^--handover-drain-timeout: must be a duration of 0"):
         ElectionConfig(handover_drain_timeout_s=bad)
+
+
+def test_a_close_during_a_hand_over_drain_still_releases_to_the_successor() -> None:
+    store, elector = Store(), Elector("a", DRAINING)
+    lead(elector, store, 0)
+    assert elector.request_handover("b", at(1))
+    elector.close(at(2))  # SIGTERM while draining for the hand-over
+    assert elector.view(2).draining
+    release = elector.next_action(at(6))  # the drain (from 1) times out
+    assert isinstance(release, Write) and release.kind == "release" and release.record.successor == "b"
+    store.apply(elector, release, at(6), at(6))
+    assert isinstance(elector.next_action(at(6.1)), Done)
