@@ -9,9 +9,9 @@ The failures are injected into three releases at once (the node's tests share on
 
   app    its app SIGSTOPped (ctr, through the node's containerd)     NoLeader, AppNotHeartbeating
          then repeated POST /leader/resign (kubectl exec in the app) LeadershipFlapping
-  net    its packets to the apiserver refused with a TCP reset       RenewalErrors, WatchRestarting
-         (iptables inside the node's network namespace only), then
-         dropped (requests time out)                                 RenewalLatencyHigh
+  net    its connections to the apiserver refused (iptables and      RenewalErrors, WatchRestarting
+         conntrack inside the node's network namespace only), then
+         its packets dropped (requests time out)                     RenewalLatencyHigh
   quiet  leader deleted, rollout restart, resign hand-over, then     MultipleLeaders stays silent
          scaled to zero and back                                     MetricsMissing
 
@@ -283,13 +283,31 @@ def pod_ip(release: Release, pod: str) -> str:
     return found["status"]["podIP"]
 
 
-def apiserver_rule(ip: str, action: str, verdict: list[str]) -> None:
-    """-I / -D a rule for the pod's packets to the apiserver, in the node's network namespace only."""
-    rule = ["-s", ip, "-p", "tcp", "--dport", str(localcluster.APISERVER_PORT), "-j", *verdict]
-    argv = ["nsenter", f"--net={local_node.NETNS_PIN}", "--", "iptables", "-w", "5", action, "INPUT"]
-    argv += (["1"] if action == "-I" else []) + rule
-    result = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+def in_node(*argv: str) -> subprocess.CompletedProcess[str]:
+    """A command inside the node's network namespace only."""
+    return subprocess.run(["nsenter", f"--net={local_node.NETNS_PIN}", "--", *argv], capture_output=True, text=True,
+                          timeout=30)
+
+
+def drop_rule(ip: str, action: str) -> None:
+    """-I / -D: the pod's packets to the apiserver dropped (they reach it at the node IP, after
+    kube-proxy's DNAT of the `kubernetes` Service): its requests time out."""
+    rule = ["-s", ip, "-p", "tcp", "--dport", str(localcluster.APISERVER_PORT), "-j", "DROP"]
+    result = in_node("iptables", "-w", "5", action, "INPUT", *(["1"] if action == "-I" else []), *rule)
     assert result.returncode == 0, f"iptables {action}: {result.stderr}"
+
+
+def refuse_rule(ip: str, action: str) -> None:
+    """-I / -D: the pod's connections to the `kubernetes` Service sent to a closed port of the node
+    instead, and its tracked connections forgotten, so that open ones are reset too: its requests
+    fail at once (connection refused or reset). A REJECT in INPUT would not do: its reset to a
+    connection being DNATed is not translated back, and the pod only sees a timeout."""
+    rule = ["-s", ip, "-d", localcluster.KUBERNETES_SERVICE_IP, "-p", "tcp", "--dport", "443",
+            "-j", "DNAT", "--to-destination", f"{localcluster.NODE_IP}:1"]
+    result = in_node("iptables", "-w", "5", "-t", "nat", action, "PREROUTING", *(["1"] if action == "-I" else []),
+                     *rule)
+    assert result.returncode == 0, f"iptables -t nat {action}: {result.stderr}"
+    in_node("conntrack", "-D", "-s", ip)  # exit 1 when there was none: fine
 
 
 def signal_apps(release: Release, signal_name: str) -> None:
@@ -359,15 +377,16 @@ def flap(release: Release, log: AlertLog) -> list[Timing]:
     return [Timing(alert, release.name, fire, log.wait(alert, release.namespace, False, removed))]
 
 
-def cut_off(release: Release, log: AlertLog, verdict: list[str], alerts: tuple[str, ...]) -> list[Timing]:
+def cut_off(release: Release, log: AlertLog, rule: Callable[[str, str], None],
+            alerts: tuple[str, ...]) -> list[Timing]:
     """Cuts the (lone) leader off the apiserver until the alerts fire."""
     ip = pod_ip(release, one_leader(release))
     injected = time.monotonic()
-    apiserver_rule(ip, "-I", verdict)
+    rule(ip, "-I")
     try:
         fire = {alert: log.wait(alert, release.namespace, True, injected) for alert in alerts}
     finally:
-        apiserver_rule(ip, "-D", verdict)
+        rule(ip, "-D")
     removed = time.monotonic()
     return [Timing(alert, release.name, fire[alert], log.wait(alert, release.namespace, False, removed))
             for alert in alerts]
@@ -443,11 +462,11 @@ def test_every_alert_fires_on_a_real_failure_and_resolves(
         with ThreadPoolExecutor(len(ROLES)) as pool:
             jobs = {
                 "app": pool.submit(lambda: hung(releases["app"], log) + flap(releases["app"], log)),
-                # Reset connections: fast failures and a watch that breaks at once. Then dropped
-                # packets: requests time out (slow updates).
-                "net": pool.submit(lambda: cut_off(releases["net"], log, ["REJECT", "--reject-with", "tcp-reset"],
+                # Refused connections: fast failures, retried until the renew deadline, and a watch
+                # that cannot reconnect. Then dropped packets: requests time out (slow updates).
+                "net": pool.submit(lambda: cut_off(releases["net"], log, refuse_rule,
                                                    ("LeaseSidecarRenewalErrors", "LeaseSidecarWatchRestarting"))
-                                   + cut_off(releases["net"], log, ["DROP"], ("LeaseSidecarRenewalLatencyHigh",))),
+                                   + cut_off(releases["net"], log, drop_rule, ("LeaseSidecarRenewalLatencyHigh",))),
                 "quiet": pool.submit(quiet, releases["quiet"], log, apis["operator"]),
             }
             timings: list[Timing] = []
