@@ -66,7 +66,7 @@ def run_apscheduler(args: argparse.Namespace) -> int:
     executor = LeaderExecutor(dsn=args.dsn, sidecar=args.sidecar, max_workers=max(4, args.jobs * 2))
     scheduler = BlockingScheduler(executors={"default": executor}, timezone=UTC,
                                   job_defaults={"misfire_grace_time": args.misfire_grace_s, "coalesce": False,
-                                                "max_instances": 3})
+                                                "max_instances": 5})
     for job in job_names(args.jobs):
         scheduler.add_job(effect, IntervalTrigger(seconds=args.every_s, start_date=ANCHOR), args=[job], id=job)
     lead(scheduler)

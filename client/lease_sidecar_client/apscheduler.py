@@ -24,9 +24,10 @@ What it guarantees, per job and scheduled time (tick), across replicas and failo
 
 - *exactly once* for what the job writes through `current_tick().connection` (`claim="with_effect"`,
   the default): the claim, the effect and `lease_finish_tick` commit in one fenced transaction, or
-  none of them (a job that raises rolls its claim back; the tick may then be caught up later,
-  within the misfire grace). The transaction is killed if it sits idle past the term
-  (`idle_in_transaction_session_timeout`), so a paused leader cannot commit after its successor began.
+  none of them (a job that raises rolls its claim back and, as in APScheduler, is not rerun). The
+  transaction is killed if it sits idle past the term (`idle_in_transaction_session_timeout`), so a
+  paused leader cannot commit after its successor began; a job must therefore finish within its
+  term, unless `LeaderExecutor(idle_timeout_s=...)` allows longer.
 - *at most once* for anything else (`claim="before"`: the claim commits before the job runs;
   a tick whose job did not finish stays in `lease_unfinished_ticks`, reported, never rerun).
 
@@ -192,11 +193,17 @@ class LeaderExecutor(BasePoolExecutor):
     `dsn` (or `connect`, a callable returning a psycopg Connection) reaches the PostgreSQL holding
     the ledger; `sidecar` is a `Sidecar` or its URL; `scope` defaults to the term's lease
     ("namespace/name"). `claim`: "with_effect" (default) or "before". `install_sql`: create the
-    fence and ledger at start (idempotent)."""
+    fence and ledger at start (idempotent). `idle_timeout_s`: how long the claim's transaction may
+    sit idle (the job's time between statements); None (default) is below the term's remaining
+    time at the claim, so a job must finish within its term (with a 4 s lease, 1 to 2 s). A longer
+    fixed value lets longer jobs commit: a paused leader's transaction then stays open up to that
+    long, and the next leader's first fence waits for it (its effect still commits before any of
+    the next term's), so it may land after its term ended."""
 
     def __init__(self, dsn: str | None = None, *, connect: Callable[[], psycopg.Connection[Any]] | None = None,
                  sidecar: Sidecar | str = DEFAULT_URL, scope: str | None = None, claim: str = "with_effect",
-                 max_workers: int = 10, install_sql: bool = True, pool_kwargs: dict[str, Any] | None = None) -> None:
+                 max_workers: int = 10, install_sql: bool = True, pool_kwargs: dict[str, Any] | None = None,
+                 idle_timeout_s: float | None = None) -> None:
         if (dsn is None) == (connect is None):
             raise ValueError("dsn or connect: give exactly one (how to reach the ledger's PostgreSQL)")
         if claim not in CLAIM_MODES:
@@ -207,8 +214,12 @@ class LeaderExecutor(BasePoolExecutor):
         self.scope = scope
         self.claim = claim
         self.install_sql = install_sql
+        if idle_timeout_s is not None and not (idle_timeout_s > 0 and math.isfinite(idle_timeout_s)):
+            raise ValueError(f"idle_timeout_s: must be a finite number > 0 or None, not {idle_timeout_s!r}")
+        self.idle_timeout_s = idle_timeout_s
         self._local = threading.local()
         self._caught_up: dict[str, tuple[str, int]] = {}  # job id -> (scope, token) its catch-up ran in
+        self._catch_up_lock = threading.Lock()
         self._refused: set[str] = set()
         self._draining = threading.Event()
         self.unanchored: set[str] = set()
@@ -260,9 +271,11 @@ class LeaderExecutor(BasePoolExecutor):
             return []
         scope = self.scope or term.lease
         ticks = sorted({schedule.normalize(moment) for moment in run_times})
-        if self._caught_up.get(job.id) != (scope, term.fencing_token):
-            missed = self._missed(job, schedule, scope, min(ticks) if ticks else datetime.now(UTC), log)
+        with self._catch_up_lock:  # one submission per job and term catches up (the others need not)
+            catch_up = self._caught_up.get(job.id) != (scope, term.fencing_token)
             self._caught_up[job.id] = (scope, term.fencing_token)
+        if catch_up:
+            missed = self._missed(job, schedule, scope, min(ticks) if ticks else datetime.now(UTC), log)
             if missed and ticks and job.coalesce:
                 log.info('Job "%s": %d missed tick(s) coalesced into %s', job, len(missed), ticks[-1])
                 ticks = ticks[-1:]
@@ -317,7 +330,7 @@ class LeaderExecutor(BasePoolExecutor):
                         retval = self._call(job, scheduled_at, log)
                     lease_pg.finish_tick(conn, term, job.id, scheduled_at, scope=scope)
                 else:
-                    with lease_pg.fenced_transaction(conn, term, scope=scope):
+                    with lease_pg.fenced_transaction(conn, term, scope=scope, idle_timeout_s=self.idle_timeout_s):
                         if not lease_pg.claim_tick(conn, term, job.id, scheduled_at, scope=scope):
                             log.debug('Job "%s" (scheduled at %s) already claimed', job, scheduled_at)
                             return None

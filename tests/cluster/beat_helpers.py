@@ -66,9 +66,10 @@ def start_app(argv: list[str], log: Path, env: dict[str, str] | None = None) -> 
                             env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}, start_new_session=True)
 
 
-def start_sidecar(name: str, lease: str, namespace: str, workdir: Path, kubeconfig: Path) -> sidecars.Sidecar:
+def start_sidecar(name: str, lease: str, namespace: str, workdir: Path, kubeconfig: Path,
+                  *extra_args: str) -> sidecars.Sidecar:
     """A sidecar that leads only while its app heartbeats (it is not Ready before: wait for its API)."""
-    sidecar = sidecars.start(name, lease, namespace, workdir, *APP_HEARTBEAT_TTL, kubeconfig=kubeconfig,
+    sidecar = sidecars.start(name, lease, namespace, workdir, *APP_HEARTBEAT_TTL, *extra_args, kubeconfig=kubeconfig,
                              wait_ready=False)
     sidecars.wait_for(lambda: sidecar.leader() is not None or not sidecar.alive(), timeout=20)
     if not sidecar.alive():
@@ -76,9 +77,10 @@ def start_sidecar(name: str, lease: str, namespace: str, workdir: Path, kubeconf
     return sidecar
 
 
-def apscheduler_argv(sidecar: sidecars.Sidecar, dsn: str, run: str, name: str, jobs: int = 3) -> list[str]:
+def apscheduler_argv(sidecar: sidecars.Sidecar, dsn: str, run: str, name: str, jobs: int = 3,
+                     work_s: float = 0.0) -> list[str]:
     return [sys.executable, "-m", "tests.beat_apps", "apscheduler", "--sidecar", sidecar.url, "--dsn", dsn,
-            "--run", run, "--name", name, "--jobs", str(jobs)]
+            "--run", run, "--name", name, "--jobs", str(jobs), "--work-s", str(work_s)]
 
 
 def effects(dsn: str, run: str) -> list[tuple[str, datetime, datetime, str, int | None]]:

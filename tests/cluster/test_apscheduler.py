@@ -17,10 +17,10 @@ JOBS = 3
 
 
 def start_instance(name: str, lease: str, namespace: str, tmp_path: Path, kubeconfig: Path, dsn: str,
-                   run: str) -> beat.Instance:
-    sidecar = beat.start_sidecar(name, lease, namespace, tmp_path, kubeconfig)
+                   run: str, *sidecar_args: str, work_s: float = 0.0) -> beat.Instance:
+    sidecar = beat.start_sidecar(name, lease, namespace, tmp_path, kubeconfig, *sidecar_args)
     log = tmp_path / name / "app.log"
-    app = beat.start_app(beat.apscheduler_argv(sidecar, dsn, run, name, JOBS), log)
+    app = beat.start_app(beat.apscheduler_argv(sidecar, dsn, run, name, JOBS, work_s), log)
     return beat.Instance(name, sidecar, app, log)
 
 
@@ -122,3 +122,34 @@ def test_a_frozen_scheduler_hands_over_and_its_late_runs_are_refused(
     rows = beat.effects(postgres_dsn, run)
     assert not beat.duplicates(rows), f"ticks run twice: {beat.duplicates(rows)}"
     assert not beat.missing(rows), f"ticks never run: {beat.missing(rows)}\n{logs}"
+
+
+def test_a_drained_hand_over_lets_running_jobs_finish(namespace: str, kubeconfig: Path, postgres_dsn: str,
+                                                      tmp_path: Path) -> None:
+    """SIGTERM to the leader's sidecar with --handover-drain-timeout: it publishes `draining`; the
+    app's heartbeat (from the scheduler loop) sees it, starts no new run, and resigns once its
+    running jobs (each 0.3 s inside its claim's transaction) have committed; the other replica
+    leads and catches up. No tick twice, none lost, the leader's sidecar exits 0."""
+    run, lease = f"aps-{uuid.uuid4().hex[:8]}", "beat-apscheduler-drain"
+    instances = [start_instance(name, lease, namespace, tmp_path, kubeconfig, postgres_dsn, run,
+                                "--handover-drain-timeout", "10", work_s=0.3) for name in ("alpha", "bravo")]
+    try:
+        wait_for(lambda: any(i.leads() for i in instances), timeout=30, interval=0.1)
+        beat.wait_for_rows(postgres_dsn, run, lambda rows: len({r[1] for r in rows}) >= 3, timeout_s=30)
+        first = leader_of(instances)
+        other = next(i for i in instances if i is not first)
+        first_token = first.token()
+        assert first.sidecar.terminate(timeout=20) == 0
+        wait_for(other.leads, timeout=20, interval=0.1)
+        beat.wait_for_rows(postgres_dsn, run, lambda rows: sum(r[3] == other.name for r in rows) >= 4 * JOBS,
+                           timeout_s=30)
+    finally:
+        logs = {i.name: i.app_log.read_text(errors="replace")[-3000:] for i in instances}
+        sidecar_log = instances[0].sidecar.logs()[-3000:]
+        for instance in instances:
+            instance.kill()
+    rows = beat.effects(postgres_dsn, run)
+    assert not beat.duplicates(rows), f"ticks run twice: {beat.duplicates(rows)}"
+    assert not beat.missing(rows), f"ticks never run: {beat.missing(rows)}\n{logs}"
+    assert any(row[4] == first_token for row in rows)
+    assert "hand-over requested" in logs[first.name], (logs[first.name], sidecar_log)
