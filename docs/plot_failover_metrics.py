@@ -172,7 +172,8 @@ def bar_spans(own: list[Sample], state: float, step_s: float = SCRAPE_EVERY_S) -
 def plot(samples: list[Sample], events: dict[str, float], identities: list[str], out: Path,
          title: str = "lease-sidecar metrics while the leader is killed, then stopped "
                       "(3 candidates; lease TTL 4 s, renewal every 1 s; scraped every 0.2 s)",
-         step_s: float = SCRAPE_EVERY_S, labels: dict[str, str] | None = None) -> None:
+         step_s: float = SCRAPE_EVERY_S, labels: dict[str, str] | None = None,
+         xlabel: str = "seconds since the first candidate started") -> None:
     end = max(s.t for s in samples)
     fig, (timeline, valid, tokens) = plt.subplots(
         3, 1, sharex=True, figsize=(10, 6.6), height_ratios=(1.1 + 0.15 * max(0, len(identities) - 3), 1.3, 0.8),
@@ -221,7 +222,7 @@ def plot(samples: list[Sample], events: dict[str, float], identities: list[str],
     tokens.set_title("lease_sidecar_fencing_token of the leader: it grows with every term", fontsize=9, loc="left")
     tokens.ticklabel_format(axis="y", useOffset=False, style="plain")
     tokens.yaxis.get_major_locator().set_params(integer=True)
-    tokens.set_xlabel("seconds since the first candidate started", fontsize=8)
+    tokens.set_xlabel(xlabel, fontsize=8)
     tokens.set_xlim(0, end + step_s)
 
     if labels is None:
@@ -268,9 +269,10 @@ def plot_from_prometheus(data: dict, out: Path) -> int:
     events = {name: at - start for name, at in data["events"].items()}
     interval = data.get("scrape_interval_s", 5.0)
     plot(samples, events, [short[pod] for pod in identities], out,
-         title=f"lease-sidecar metrics in Prometheus (the example chart, 2 replicas, real pods; lease TTL 10 s, "
-               f"renewal every 2 s; scraped every {interval:g} s by the operator's Prometheus)",
-         step_s=1.0, labels={name: name for name in events})
+         title=f"lease-sidecar metrics as Prometheus stored them (example chart, 2 pods; lease TTL 10 s, "
+               f"renewal every 2 s; scraped every {interval:g} s)",
+         step_s=1.0, labels={name: name for name in events},
+         xlabel="seconds (range queries, step 1 s, of the operator's Prometheus on the local node)")
     print(f"wrote {out} ({len(samples)} samples of {len(identities)} pods)", file=sys.stderr)
     return 0
 
