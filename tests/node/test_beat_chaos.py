@@ -69,8 +69,8 @@ SETS = [f"lease-sidecar.election.leaderLeaseTTL={LEASE_TTL_S:g}s",
 CATCH_UP_S = 3.0
 TWO_TICKS_S = 2 * INTERVAL_S + WORK_S
 # The stated bound per fault: from its injection, every tick it delayed has run by then.
-#   graceful (the app resigns on SIGTERM, the sidecar releases, the Lease is re-created): a
-#     standby's next look at most, but a lost release still expires: lease TTL;
+#   graceful (the app resigns on SIGTERM, the sidecar releases): a standby's next look at most,
+#     but a lost release still expires: lease TTL;
 #   crash of the holder or of its path to the apiserver (force delete, sidecar killed, frozen or
 #     cut off): the Lease expires one TTL after the last renewal, before the fault; a standby
 #     notices within one candidate heartbeat;
@@ -88,10 +88,12 @@ BOUNDS_S = {
     "sidecar_freeze": CRASH_BOUND_S,
     "cut_off": CRASH_BOUND_S,
     "rollout_restart": GRACEFUL_BOUND_S,
-    "delete_lease": GRACEFUL_BOUND_S,
+    # The leader says standby at once, but a candidate that saw the Lease deleted waits one lease
+    # duration before creating it (nobody may assume a paused or cut-off holder saw it): a crash.
+    "delete_lease": CRASH_BOUND_S,
 }
 FAULTS = tuple(BOUNDS_S)
-MID_WORK_S = 0.15  # after a tick: its runs have started and are working
+MID_WORK_S = 0.15  # freeze this long before a tick's runs typically write: they are working
 FROZEN_PAST_TAKEOVER_S = 3.0  # a frozen or cut-off leader is let go this long after another leads
 TAKEOVER_TIMEOUT_S = 60.0
 SETTLE_S = 2.0  # between faults, once both arms have one leader again
@@ -185,6 +187,15 @@ def apiserver_rule(release: Release, pod: str, action: str) -> None:
     assert result.returncode == 0, f"iptables {action} for {pod}: {result.stderr}"
 
 
+def typical_write_offset_s(release: Release) -> float:
+    """The median time from a tick to its effect's write, over the last 20 s (a busy machine
+    starts runs late): when a tick's runs are mid-work."""
+    median = example_release.beat_query(
+        release, "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM executed_at - scheduled_at))"
+                 " FROM beat_effects WHERE scheduled_at > now() - interval '20 seconds' AND NOT caught_up")
+    return min(float(median or WORK_S), 3.0)
+
+
 def wait_for_successor(arm: Arm, leader: str, since_s: float) -> str:
     change = arm.watch.wait_for(lambda c: c.holder not in ("", leader), TAKEOVER_TIMEOUT_S, since_s=since_s,
                                 what=f"{arm.mode}: another holder than {leader}")
@@ -194,11 +205,13 @@ def wait_for_successor(arm: Arm, leader: str, since_s: float) -> str:
 def inject(arm: Arm, fault: str, barrier: threading.Barrier) -> Injection:
     release = arm.release
     leader = release.wait_for_one_leader(REPLICAS, timeout_s=180)
+    write_offset_s = typical_write_offset_s(release) if fault == "app_freeze" else 0.0
     barrier.wait(timeout=240)  # both arms' leaders known: the fault hits both at the same moment
     if fault == "app_freeze":
-        # Mid-work: every run of a tick starts at the tick and works WORK_S (fenced: inside its
-        # claim's transaction; naive: after its is_leader() check), so freeze just after a tick.
-        time.sleep(INTERVAL_S - time.time() % INTERVAL_S + MID_WORK_S)
+        # Mid-work: a tick's runs write about write_offset_s after the tick, having worked WORK_S
+        # before (fenced: inside the claim's transaction; naive: after the is_leader() check).
+        # Freezing a little before that moment stops them between their check and their write.
+        time.sleep(INTERVAL_S - time.time() % INTERVAL_S + max(0.05, write_offset_s - MID_WORK_S))
     injected_s, started = time.time(), time.monotonic()
     successor = ""
     if fault == "delete":

@@ -312,9 +312,11 @@ class Beat:
 
             def run_missed(job: str, scheduled_at: datetime) -> None:
                 now_term = self.fresh_term()
-                if now_term is None or not term.same_term(now_term) or self._refused_token == term.fencing_token:
-                    return  # the term is over: the next leader catches these up
-                self.write_effect(job, scheduled_at, now_term.fencing_token, now_term, caught_up=True)
+                ended = now_term is None or not term.same_term(now_term) or self._refused_token == term.fencing_token
+                if ended or not self.write_effect(job, scheduled_at, now_term.fencing_token, now_term, caught_up=True):
+                    # Not run (the term ended, or the sidecar did not answer in time): whoever
+                    # leads next, this pod or another, looks in the ledger again.
+                    self._runs_lost = True
 
             # Side by side: a minute of missed ticks must not take a minute of work to catch up.
             for future in [self._catch_up_pool.submit(run_missed, job, tick) for job, tick in missed]:
