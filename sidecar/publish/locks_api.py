@@ -29,7 +29,7 @@ from sidecar.engine.keyed_locks import KeyedLocks, LockRefused
 from sidecar.publish.openapi import describe_locks
 
 LOCKS: web.AppKey[KeyedLocks] = web.AppKey("locks", KeyedLocks)
-PATH = "/locks/{key:.+}"
+PATH = r"/locks/{key:[\s\S]+}"  # any character, newlines included: a bad key is a 400, not a 404
 
 
 def _json(body: object, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:

@@ -53,7 +53,20 @@ def lock_path(key: str, **query: str) -> str:
 
 
 def start(name: str, lease: str, namespace: str, tmp_path: Path, *extra: str, **kwargs: Any) -> sidecars.Sidecar:
-    return sidecars.start(name, lease, namespace, tmp_path, *LOCKS, *extra, **kwargs)
+    """A sidecar with --locks, ready within a minute: the whole suite in parallel on two cores
+    can take longer than sidecars.start's own 20 s to import and list."""
+    sidecar = sidecars.start(name, lease, namespace, tmp_path, *LOCKS, *extra, wait_ready=False, **kwargs)
+
+    def ready() -> bool:
+        if not sidecar.alive():
+            raise AssertionError(f"{name} exited: {sidecar.logs()[-2000:]}")
+        try:
+            return sidecar.get("/readyz", timeout=1)[0] == 200
+        except OSError:
+            return False
+
+    sidecars.wait_for(ready, timeout=60, interval=0.1)
+    return sidecar
 
 
 def test_acquire_conflict_renew_release_and_token_order(namespace: str, tmp_path: Path) -> None:
