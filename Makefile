@@ -42,8 +42,10 @@ LOCK_FLAGS = --quiet --universal --python-version 3.11 --generate-hashes --custo
 BUILD_REQUIRES = $(PY) -c 'import tomllib; print(*tomllib.load(open("pyproject.toml", "rb"))["build-system"]["requires"], sep="\n")'
 lock: $(UV)
 	echo uv | $(UV) pip compile $(LOCK_FLAGS) - -o requirements/uv.lock
-	$(BUILD_REQUIRES) | $(UV) pip compile $(LOCK_FLAGS) pyproject.toml - -o requirements/runtime.lock
 	$(BUILD_REQUIRES) | $(UV) pip compile $(LOCK_FLAGS) --all-extras pyproject.toml - -o requirements/dev.lock
+	# The image runs what the tests ran: the runtime lock is resolved inside the dev lock (Celery pins
+	# python-dateutil exactly, which the runtime's own resolution would otherwise move past).
+	$(BUILD_REQUIRES) | $(UV) pip compile $(LOCK_FLAGS) -c requirements/dev.lock pyproject.toml - -o requirements/runtime.lock
 
 cluster:
 	$(CLUSTER) up
