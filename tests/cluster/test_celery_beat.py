@@ -7,6 +7,7 @@ not the current leader's token); a message delivered twice runs once."""
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 import uuid
@@ -146,3 +147,39 @@ def test_queued_task_runs_after_failover_and_a_duplicate_runs_once(
     rows = beat.effects(postgres_dsn, run_id)
     assert not beat.duplicates(rows), beat.duplicates(rows)
     assert "replay" not in {row[3] for row in rows}
+
+
+def test_a_frozen_beat_hands_over_and_sends_nothing_late(namespace: str, kubeconfig: Path, postgres_dsn: str,
+                                                         redis_url: str, run_id: str, tmp_path: Path) -> None:
+    """The leading `celery beat` alone is frozen (SIGSTOP) past its sidecar's app-heartbeat TTL: its
+    heartbeats (from beat's loop) stop, its sidecar steps down, the other beat leads and catches up.
+    Resumed, the frozen beat learns at its first heartbeat that it no longer leads: no tick twice,
+    none lost."""
+    lease = "beat-celery-frozen"
+    worker = start_worker(redis_url, postgres_dsn, run_id, tmp_path / "worker.log")
+    instances = [start_instance(name, lease, namespace, tmp_path, kubeconfig, postgres_dsn, redis_url, run_id)
+                 for name in ("alpha", "bravo")]
+    try:
+        wait_for(lambda: any(i.leads() for i in instances), timeout=40, interval=0.1)
+        beat.wait_for_rows(postgres_dsn, run_id, lambda rows: len({r[1] for r in rows}) >= 3, timeout_s=40)
+        frozen = leader_of(instances)
+        other = next(i for i in instances if i is not frozen)
+        frozen.app.send_signal(signal.SIGSTOP)
+        try:
+            wait_for(other.leads, timeout=30, interval=0.1)
+            beat.wait_for_rows(postgres_dsn, run_id, lambda rows: sum(r[3] == other.name for r in rows) >= 3 * JOBS,
+                               timeout_s=30)
+        finally:
+            frozen.app.send_signal(signal.SIGCONT)
+        beat.wait_for_rows(postgres_dsn, run_id, lambda rows: sum(r[3] == other.name for r in rows) >= 8 * JOBS,
+                           timeout_s=30)
+        assert leader_of(instances) is other
+    finally:
+        logs = {i.name: i.app_log.read_text(errors="replace")[-3000:] for i in instances}
+        for instance in instances:
+            instance.kill()
+        worker.kill()
+        worker.wait(10)
+    rows = beat.effects(postgres_dsn, run_id)
+    assert not beat.duplicates(rows), f"ticks run twice: {beat.duplicates(rows)}"
+    assert not beat.missing(rows), f"ticks never run: {beat.missing(rows)}\n{logs}"
