@@ -232,7 +232,7 @@ def test_a_lost_locks_late_write_is_refused_by_the_postgresql_fence(
     a = start("a", "locks", namespace, tmp_path)
     b = start("b", "locks", namespace, tmp_path)
     try:
-        status, first, _ = call(a, "POST", lock_path("ledger", ttl="3s"))
+        status, first, _ = call(a, "POST", lock_path("ledger", ttl="3s", wait="5s"))  # K3: a young watch waits
         assert status == 200, first
         a.process.send_signal(signal.SIGSTOP)  # the holder hangs past its deadline
         status, second, _ = call(b, "POST", lock_path("ledger", wait="15s"), timeout=20)
