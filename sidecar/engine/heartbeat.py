@@ -170,7 +170,8 @@ class BeatHeartbeat:
             sent_at = self.elector.write_generation
             current = await self.backend.get(request_timeout_s)
             if sent_at == self.elector.write_generation:
-                self.elector.observe(self.clock.now(), current, sent_at_generation=sent_at)
+                self.elector.observe(self.clock.now(), current, sent_at_generation=sent_at,
+                                     absent_version=self.backend.absent_version)
                 return
         raise BackendUnavailable("our writes kept overtaking the reads after a relist; listing again")
 
