@@ -23,6 +23,11 @@ from sidecar.core.record import MANAGED_ANNOTATIONS, LeaseRecord
 RequestObserver = Callable[[str, str, float], None]
 """(verb, result, seconds): for the API request histogram."""
 
+REQUEST_VERBS = ("get", "list", "create", "update", "watch")
+"""Every verb LeaseLockBackend reports to its RequestObserver."""
+REQUEST_RESULTS = ("ok", "timeout", "error")
+"""The results any of them may report; an HTTP error status is reported as its code ("409", "403")."""
+
 _RAW_CACHE_SIZE = 8
 
 

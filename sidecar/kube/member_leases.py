@@ -23,6 +23,12 @@ from sidecar.kube.calls import ApiCallFailed, call_json
 
 RequestObserver = Callable[[str, str, float], None]
 
+REQUEST_VERBS = ("member_list", "member_create", "member_update", "member_delete")
+"""The verbs of MemberLeaseStore's bounded calls (its watch reports "member_watch" with the HTTP
+status of the answer, or "error")."""
+REQUEST_RESULTS = ("ok", "timeout", "error")
+"""The results those calls may report; an HTTP error status is reported as its code."""
+
 
 class MemberLeaseStore:
     def __init__(self, api_client: ApiClient, namespace: str, lease_name: str,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import bisect
 import math
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, Info
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
@@ -163,6 +163,18 @@ class ElectionMetrics:
     def watch_app(self, app: AppLiveness, members: MemberTable | None = None) -> None:
         """Adds the app's liveness (and the members view) to the scrape."""
         self.registry.register(_AppCollector(app, members, self._clock, self._namespace, self._name))
+
+    def expose_requests(self, verbs: Iterable[str], results: Iterable[str]) -> None:
+        """Exposes each (verb, result) series of the request histogram at zero from the start.
+
+        rate() and increase() count only what a series gains after Prometheus first scraped it, so
+        a series born with its first observation hides that observation. A leader cut off from the
+        apiserver times out once, steps down and only reads from then on: born then, the series of
+        that one timed-out renewal would never lift LeaseSidecarRenewalLatencyHigh (nor show in the
+        dashboard's rates)."""
+        for verb in verbs:
+            for result in results:
+                self.api_duration.labels(verb=verb, result=result, **self._labels)
 
     def observe_request(self, verb: str, result: str, seconds: float) -> None:
         self.api_duration.labels(verb=verb, result=result, **self._labels).observe(seconds)

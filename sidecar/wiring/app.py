@@ -29,6 +29,7 @@ from sidecar.engine.heartbeat import BeatHeartbeat
 from sidecar.engine.loop_lag import GcPauseTimer, LoopLagMonitor
 from sidecar.engine.members import MemberPresence
 from sidecar.engine.status import StatusBoard
+from sidecar.kube import lease_lock, member_leases
 from sidecar.kube.lease_lock import LeaseLockBackend
 from sidecar.kube.member_leases import MemberLeaseStore
 from sidecar.publish import handover_api, http_api, metrics_http
@@ -101,6 +102,7 @@ class AppSide:
         members = None
         if settings.members:
             store = MemberLeaseStore(api_client, namespace, settings.lease_name, metrics.observe_request)
+            metrics.expose_requests(member_leases.REQUEST_VERBS, member_leases.REQUEST_RESULTS)
             members = MemberPresence(store, board, clock, identity, settings.lease_name, config)
         metrics.watch_app(liveness, members.table if members else None)
 
@@ -184,6 +186,8 @@ async def assemble(settings: RunSettings, namespace: str, identity: str, config:
     elector.own_revision = own_revision(identity)
     registry = CollectorRegistry(auto_describe=True)
     metrics = ElectionMetrics(registry, elector, clock, namespace, settings.lease_name, identity)
+    # At zero from the start, so that the first timeout or error of each verb shows in rate().
+    metrics.expose_requests(lease_lock.REQUEST_VERBS, lease_lock.REQUEST_RESULTS)
     backend: LeaseLockBackend | None = None
     board = StatusBoard(elector, clock, context["lease"], config.heartbeat_ttl_s, app=liveness,
                         lease_uid=lambda: backend.uid if backend is not None else None,

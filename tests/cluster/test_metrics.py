@@ -51,6 +51,8 @@ def test_counters_move_on_the_events_they_count(namespace: str, tmp_path: Path, 
         assert 0 < value(ours, "lease_sidecar_lease_valid_seconds", **lease) <= 2.5
         assert value(ours, "lease_sidecar_leader_since_seconds", **lease) > 1
         assert value(ours, "lease_sidecar_api_request_duration_seconds_count", verb="update", result="ok") >= 1
+        # Exposed at zero before any timeout: rate() then counts the first one (the latency alert).
+        assert value(ours, "lease_sidecar_api_request_duration_seconds_count", verb="update", result="timeout") == 0
         assert value(ours, "lease_sidecar_info", identity=leader.identity, version="0.1.0") == 1
         assert value(ours, "lease_sidecar_watch_restarts_total", **lease) == 0
         for standby in standbys:
@@ -71,6 +73,11 @@ def test_counters_move_on_the_events_they_count(namespace: str, tmp_path: Path, 
             assert value(during, "lease_sidecar_leader_elections_lost_total", **lease) >= 1
             assert value(during, "lease_sidecar_lease_valid_seconds", **lease) == 0
             assert value(during, "leader_election_master_status", name="metered") == 0
+            # The renewal that got no answer is recorded, as a timeout, with the time it waited.
+            sidecars.wait_for(lambda: value(scrape(leader), "lease_sidecar_api_request_duration_seconds_count",
+                                            verb="update", result="timeout") >= 1, 4)
+            assert value(scrape(leader), "lease_sidecar_api_request_duration_seconds_sum", verb="update",
+                         result="timeout") > 0
         sidecars.wait_for(lambda: len(sidecars.leaders(fleet)) == 1, 15)
 
         # A graceful hand-over: the standbys detect the failover and one wins.
