@@ -71,8 +71,19 @@ def show_database(release: example_release.Release, since_s: float) -> None:
         f"{sum(refusals.values())}; leaders in order: {', '.join(figures.leaders)}")
     say(f"ticks first run more than {example_release.LATE_AFTER_S:g}s late: {len(figures.late)}; caught up by a "
         f"new leader from the ledger (ticks nobody had claimed): {len(figures.caught_up)}")
+    # One line per job and catching-up leader: the ticks' range and how late they ran.
+    groups: dict[tuple[str, str], list[tuple[float, float]]] = {}
     for job, tick, late_s, pod in figures.caught_up:
-        print(f"    {job} {time.strftime('%H:%M:%S', time.gmtime(tick))} caught up {late_s:.1f}s late by {pod}")
+        groups.setdefault((job, pod), []).append((tick, late_s))
+    for (job, pod), ticks in sorted(groups.items()):
+        first_tick, last_tick = min(t for t, _ in ticks), max(t for t, _ in ticks)
+        lates = [late for _, late in ticks]
+        print(f"    {job}: {len(ticks)} tick(s) {clock(first_tick)}-{clock(last_tick)} caught up by {pod}, "
+              f"{min(lates):.1f}-{max(lates):.1f}s late")
+
+
+def clock(epoch_s: float) -> str:
+    return time.strftime("%H:%M:%S", time.gmtime(epoch_s))
 
 
 def signal_app(release: example_release.Release, pod: str, signal_name: str) -> None:
