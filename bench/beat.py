@@ -34,7 +34,8 @@ moment their beat published the task (one tick per BEAT_EVERY_S slot). RedBeat a
 timeout 5 x beat_max_loop_interval = 1500 s) is measured once per fault as `celery-redbeat-default`
 (BEAT_REDBEAT_DEFAULT=0 skips it): its takeover lies beyond the window, so its figures are lower bounds.
 
-Rows replace the `beat_*` rows of bench/results.json; the rounds go to bench/beat_details.json.
+Its rows are merged into bench/results.json (bench/results.py: each measured (system, scenario) row
+replaces the old one, every other row stays); the rounds go to bench/beat_details.json.
 """
 
 from __future__ import annotations
@@ -66,6 +67,7 @@ sys.path.insert(0, str(ROOT / "deploy" / "local"))
 import localcluster  # noqa: E402
 import psycopg  # noqa: E402
 import redis  # noqa: E402
+import results  # noqa: E402  (bench/results.py, beside this script)
 
 from tests import servers  # noqa: E402
 from tests.beat_apps import install_effects  # noqa: E402
@@ -488,13 +490,8 @@ def main() -> int:
         if minutes:
             bench.values[(system, "beat_backend_requests_per_min")].append(calls / minutes)
     rows = rows_from(bench.values)
-    results_path = Path(os.environ.get("BEAT_OUT", BENCH / "results.json"))
-    if not results_path.exists():
-        results_path.write_text("[]\n")
-    measured = {row["system"] for row in rows}
-    kept = [row for row in json.loads(results_path.read_text())
-            if not (row["scenario"].startswith("beat_") and row["system"] in measured)]
-    results_path.write_text(json.dumps(kept + rows, indent=2) + "\n")
+    results_path = Path(os.environ.get("BEAT_OUT", results.RESULTS_PATH))
+    results.merge_into(rows, results_path)
     bench.details.update(wall_time_s=round(time.monotonic() - started, 1), rounds_per_fault=ROUNDS, jobs=JOBS,
                          every_s=EVERY_S, steady_s=STEADY_S, observe_s=OBSERVE_S, stop_s=STOP_S,
                          finished_at=datetime.now(UTC).isoformat(timespec="seconds"))

@@ -13,7 +13,6 @@ bench/results.json's shape: {system, scenario, unit, median, min, max, runs}, ov
 
 from __future__ import annotations
 
-import json
 import os
 import statistics
 import sys
@@ -23,6 +22,8 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+
+import results  # bench/results.py, beside this script
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
@@ -134,18 +135,10 @@ def measure(runs: int) -> list[dict[str, Any]]:
     return rows
 
 
-def merge_into_results(rows: list[dict[str, Any]], path: Path = BENCH / "results.json") -> None:
-    """Replaces this bench's rows in results.json and keeps every other row."""
-    mine = {(row["system"], row["scenario"]) for row in rows}
-    existing = json.loads(path.read_text()) if path.exists() else []
-    kept = [row for row in existing if (row["system"], row["scenario"]) not in mine]
-    path.write_text(json.dumps(kept + rows, indent=2) + "\n")
-
-
 def main() -> int:
     runs = int(os.environ.get("BENCH_RUNS", "5"))
     rows = measure(runs)
-    merge_into_results(rows)
+    results.merge_into(rows)
     for row in rows:
         print(f"{row['scenario']:<30} {row['unit']:<9} median {row['median']:<10g} "
               f"[{row['min']:g}, {row['max']:g}] over {row['runs']} runs")

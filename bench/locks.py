@@ -29,6 +29,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import results  # bench/results.py, beside this script
+
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 sys.path.insert(0, str(ROOT))
@@ -156,9 +158,7 @@ def measure(runs: int) -> list[dict[str, Any]]:
 
 def main() -> int:
     rows = measure(int(os.environ.get("BENCH_RUNS", "5")))
-    import fence
-
-    fence.merge_into_results(rows)
+    results.merge_into(rows)
     for row in rows:
         print(f"{row['scenario']:32} {row['median']:>9} {row['unit']:10} [{row['min']}, {row['max']}] "
               f"({row['runs']} runs)")

@@ -5,9 +5,10 @@ the same lease settings, and report their role on GET /leader `{"is_leader": boo
 measures them. API requests are counted per candidate from the apiserver audit log: every
 candidate has its own ServiceAccount, so `user.username` tells them apart.
 
-Writes bench/results.json (rows {system, scenario, unit, median, min, max, runs}),
-bench/results.png, bench/machine.json and bench/details.json (every raw value). BENCH_RUNS sets
-the number of runs (default 5). Everything is loopback-only, bounded in time, and every child
+Merges its rows into bench/results.json (rows {system, scenario, unit, median, min, max, runs};
+the beat_* rows of `make bench-beat` stay: bench/results.py) and writes bench/results.png,
+bench/machine.json and bench/details.json (every raw value). BENCH_RUNS sets the number of runs
+(default 5). Everything is loopback-only, bounded in time, and every child
 process is killed at the end.
 """
 
@@ -41,6 +42,7 @@ sys.path.insert(0, str(ROOT / "deploy" / "local"))
 
 import local_api  # noqa: E402  (beside this script)
 import localcluster  # noqa: E402  (stdlib-only module beside the cluster script)
+import results  # noqa: E402  (beside this script)
 
 RUNS = int(os.environ.get("BENCH_RUNS", "5"))
 WINDOW_S = float(os.environ.get("BENCH_WINDOW_S", "45"))
@@ -820,7 +822,7 @@ def main() -> int:
 
     rows += locks.measure(RUNS)
     machine["wall_time_s"] = round(time.monotonic() - started, 1)
-    (BENCH / "results.json").write_text(json.dumps(rows, indent=2) + "\n")
+    results.merge_into(rows)  # the beat_* rows of make bench-beat stay
     (BENCH / "machine.json").write_text(json.dumps(machine, indent=2) + "\n")
     (BENCH / "details.json").write_text(json.dumps(bench.details, indent=2, default=str) + "\n")
     plot(rows, machine, BENCH / "results.png")
