@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 import yaml
 
+from sidecar.wiring.settings import RunSettings
 from tests.cluster import sidecars
 from tests.cluster.kube import get_lease, kubectl, service_account_dir
 from tests.conftest import ROOT, localcluster
@@ -163,6 +164,10 @@ def check_example_pod(docs: list[dict[str, Any]], sub: dict[str, Any]) -> None:
     assert sidecar["ports"] == [{"name": "lease-metrics", "containerPort": ports["metrics"], "protocol": "TCP"}]
     for probe, path in (("livenessProbe", "/healthz"), ("readinessProbe", "/readyz"), ("startupProbe", "/healthz")):
         assert sidecar[probe]["httpGet"] == {"path": path, "port": "lease-metrics"}, probe
+    # Startup is asked every second (a quick start is seen at once) and tolerates two minutes of a
+    # loaded node before the kubelet restarts the sidecar.
+    startup = sidecar["startupProbe"]
+    assert startup["periodSeconds"] == 1 and startup["periodSeconds"] * startup["failureThreshold"] >= 120, startup
     assert set(sidecar["resources"]) == {"requests", "limits"}
     assert set(sidecar["resources"]["requests"]) == {"cpu", "memory"}
     # No CPU limit unless the values set one (throttling slows the sidecar's start, and so the
@@ -221,6 +226,9 @@ def test_auto_mode_follows_the_cluster_version(charts: Path, helm_env: dict[str,
     (EXAMPLE, ["--set", "lease-sidecar.mode=sidecar"], ["/mode", "value must be one of"]),
     (EXAMPLE, ["--set", "lease-sidecar.cpuSlice=fast"], ["/cpuSlice"]),
     (EXAMPLE, ["--set", "lease-sidecar.cpuSlice=1"], ["/cpuSlice"]),
+    (EXAMPLE, ["--set", "lease-sidecar.handoverDrainTimeout=soon"], ["/handoverDrainTimeout"]),
+    (EXAMPLE, ["--set", "lease-sidecar.handoverDrainTimeout=-5"], ["/handoverDrainTimeout"]),
+    (EXAMPLE, ["--set-string", "lease-sidecar.handoverDrainTimeout=-5s"], ["/handoverDrainTimeout"]),
     (EXAMPLE, ["--set", "replicas=3"], ["lease-sidecar-example:", "additional properties 'replicas' not allowed"]),
 ])
 def test_schema_rejects_unknown_keys_and_wrong_types(charts: Path, helm_env: dict[str, str], chart: str,
@@ -239,6 +247,24 @@ def test_cpu_slice_reaches_the_sidecar_only_when_set(charts: Path, helm_env: dic
     container = sidecar_of(one(render(helm_env, charts / EXAMPLE, *args), "Deployment")["spec"]["template"]["spec"])[0]
     env = {item["name"]: item.get("value") for item in container["env"]}
     assert env.get("LEASE_SIDECAR_CPU_SLICE") == expected
+
+
+@pytest.mark.parametrize(("args", "expected", "drain_s"), [
+    ([], None, 0.0),
+    (["--set", "lease-sidecar.handoverDrainTimeout=0"], "0", 0.0),
+    (["--set", "lease-sidecar.handoverDrainTimeout=45"], "45", 45.0),
+    (["--set", "lease-sidecar.handoverDrainTimeout=1m"], "1m", 60.0),
+    (["--set", "lease-sidecar.handoverDrainTimeout=2.5"], "2.5", 2.5),
+])
+def test_handover_drain_timeout_reaches_the_sidecar_only_when_set(charts: Path, helm_env: dict[str, str],
+                                                                   args: list[str], expected: str | None,
+                                                                   drain_s: float) -> None:
+    container = sidecar_of(one(render(helm_env, charts / EXAMPLE, *args), "Deployment")["spec"]["template"]["spec"])[0]
+    env = {item["name"]: item.get("value") for item in container["env"]}
+    assert env.get("LEASE_SIDECAR_HANDOVER_DRAIN_TIMEOUT") == expected
+    # What the chart passes, the sidecar reads as meant (its settings take the same environment).
+    settings = RunSettings(**({} if expected is None else {"handover_drain_timeout": expected}))
+    assert settings.handover_drain_timeout == drain_s
 
 
 def test_helpers_fail_clearly_when_misused(charts: Path, helm_env: dict[str, str]) -> None:

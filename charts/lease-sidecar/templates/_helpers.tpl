@@ -274,6 +274,10 @@ A list item: the sidecar container, with restartPolicy: Always when the mode is 
     - name: LEASE_SIDECAR_CPU_SLICE
       value: {{ toString $v.cpuSlice | quote }}
     {{- end }}
+    {{- if not (eq (toString $v.handoverDrainTimeout) "" "<nil>") }}
+    - name: LEASE_SIDECAR_HANDOVER_DRAIN_TIMEOUT
+      value: {{ toString $v.handoverDrainTimeout | quote }}
+    {{- end }}
     # The pod's revision: a leader that shuts down hands over to a pod of another revision (a
     # rollout's new ReplicaSet) when it can. Empty outside Deployments.
     - name: POD_REVISION
@@ -333,12 +337,15 @@ A list item: the sidecar container, with restartPolicy: Always when the mode is 
     - name: lease-metrics
       containerPort: {{ $v.ports.metrics }}
       protocol: TCP
+  # Asked every second, so a quick start is seen at once (the app waits for it in native mode);
+  # 120 failures let a loaded node take two minutes or more (a timed-out try lasts 2 s) to start
+  # it before the kubelet restarts it, which would only start it again on the same busy node.
   startupProbe:
     httpGet:
       path: /healthz
       port: lease-metrics
     periodSeconds: 1
-    failureThreshold: 30
+    failureThreshold: 120
     timeoutSeconds: 2
   livenessProbe:
     httpGet:
