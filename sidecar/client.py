@@ -13,9 +13,23 @@ only at its core. Every name this module had still works:
     client.remaining_s(status), client.still_valid(status)           # the deadline, monotonic clock
 
 New code imports `lease_sidecar_client` (Term, Sidecar, leading(), the fences and the tick ledger).
+
+The distribution lease-sidecar does not depend on lease-sidecar-client: the sidecar never imports
+this module, and its image does not carry the client. An app that imports this module installs
+lease-sidecar-client beside it; without it, the import fails with an ImportError that says so.
 """
 
 from __future__ import annotations
+
+try:
+    import lease_sidecar_client  # noqa: F401  (only to tell a missing distribution from other errors)
+except ModuleNotFoundError as error:
+    if error.name != "lease_sidecar_client":
+        raise
+    raise ImportError(
+        "sidecar.client re-exports the app's client library, the distribution lease-sidecar-client, which "
+        "is not installed: pip install lease-sidecar-client (from a checkout of lease-sidecar: pip install "
+        "./client), then import lease_sidecar_client", name=__name__) from error
 
 from lease_sidecar_client import (
     DEFAULT_URL,

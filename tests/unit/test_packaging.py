@@ -142,6 +142,12 @@ def test_package_installs_into_a_clean_venv_the_way_the_image_does(tmp_path: Pat
     missing = subprocess.run([entrypoint, "run"], capture_output=True, text=True, env=clean_env, timeout=60)
     assert missing.returncode == 2 and "--lease-name" in missing.stderr, missing.stderr
 
+    # The image carries no lease-sidecar-client (not a dependency of lease-sidecar): the old
+    # `sidecar.client` import says what to install instead of failing on a bare module name.
+    client = subprocess.run([str(venv / "bin" / "python"), "-c", "import sidecar.client"], capture_output=True,
+                            text=True, cwd=tmp_path, env=clean_env, timeout=60)
+    assert client.returncode == 1 and "pip install lease-sidecar-client" in client.stderr, client.stderr
+
 
 def test_kind_check_script_is_clean_shell() -> None:
     syntax = subprocess.run(["bash", "-n", str(KIND_CHECK)], capture_output=True, text=True, timeout=30)
