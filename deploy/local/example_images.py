@@ -22,9 +22,7 @@ the background so a test session can build while its node starts. Stdlib only.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
-import os
 import shutil
 import sys
 import tempfile
@@ -195,31 +193,13 @@ def chart_sets() -> list[str]:
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="example_images", description="Build the example beat's images "
-                                     "(PostgreSQL, Redis, the app) and load them into the local node.")
-    sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("build", help="build (or take from the cache) every tarball; print their paths")
-    load_parser = sub.add_parser("load", help="build if needed, then import into the node's containerd")
-    load_parser.add_argument("--address", default=os.environ.get("CONTAINERD_ADDRESS"),
-                             help="containerd socket (default: the local node's)")
-    sub.add_parser("refs", help="print the references the example chart runs")
-    args = parser.parse_args(argv)
-    try:
-        if args.command == "build":
-            for name, path in build_all().items():
-                print(f"{name} {path}")
-        elif args.command == "load":
-            for ref in load(args.address or image.default_containerd_address()).values():
-                print(ref)
-        else:
-            for spec in IMAGES:
-                print(spec.ref)
-    except image.ImageError as error:
-        print(f"example_images: error: {error}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 130
-    return 0
+    return image.run_cli(argv, prog="example_images", description="Build the example beat's images (PostgreSQL, "
+                         "Redis, the app) and load them into the local node.",
+                         build_help="build (or take from the cache) every tarball; print their paths",
+                         build=lambda: [f"{name} {path}" for name, path in build_all().items()],
+                         load=lambda address: load(address).values(),
+                         refs_command="refs", refs_help="print the references the example chart runs",
+                         refs=lambda: [spec.ref for spec in IMAGES])
 
 
 if __name__ == "__main__":

@@ -34,6 +34,7 @@ import sys
 import tarfile
 import time
 import tomllib
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -353,29 +354,44 @@ def default_containerd_address() -> str:
     return str(node.NodePaths(localcluster.Paths()).containerd_socket)
 
 
-def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="image", description="Build the lease-sidecar image and load it "
-                                     "into the local node's containerd.")
+def run_cli(argv: list[str], *, prog: str, description: str, build_help: str, build: Callable[[], Iterable[object]],
+            load: Callable[[str], Iterable[object]], refs_command: str, refs_help: str,
+            refs: Callable[[], Iterable[object]]) -> int:
+    """The command line of this script and of example_images.py: `build`, `load [--address]` and
+    `refs_command`, each printing the lines its function returns; an ImageError is one line on
+    stderr and exit 1."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("build", help="build (or take from the cache) the image tarball; print its path")
+    sub.add_parser("build", help=build_help)
     load_parser = sub.add_parser("load", help="build if needed, then import into the node's containerd")
     load_parser.add_argument("--address", default=os.environ.get("CONTAINERD_ADDRESS"),
                              help="containerd socket (default: the local node's)")
-    sub.add_parser("ref", help="print the image reference the charts run by default")
+    sub.add_parser(refs_command, help=refs_help)
     args = parser.parse_args(argv)
     try:
         if args.command == "build":
-            print(image_tarball())
+            lines = build()
         elif args.command == "load":
-            print(load(args.address or default_containerd_address()))
+            lines = load(args.address or default_containerd_address())
         else:
-            print(chart_image_ref())
+            lines = refs()
+        for line in lines:
+            print(line)
     except ImageError as error:
-        print(f"image: error: {error}", file=sys.stderr)
+        print(f"{prog}: error: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
     return 0
+
+
+def main(argv: list[str]) -> int:
+    return run_cli(argv, prog="image", description="Build the lease-sidecar image and load it into the local node's "
+                   "containerd.",
+                   build_help="build (or take from the cache) the image tarball; print its path",
+                   build=lambda: [image_tarball()], load=lambda address: [load(address)],
+                   refs_command="ref", refs_help="print the image reference the charts run by default",
+                   refs=lambda: [chart_image_ref()])
 
 
 if __name__ == "__main__":
