@@ -47,7 +47,6 @@ import math
 import os
 import shutil
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -418,21 +417,8 @@ def rows_from(values: dict[tuple[str, str], list[float]]) -> list[dict[str, Any]
             if not data:
                 continue
             digits = 1 if unit == "requests/min" else (3 if unit == "s" else 1)
-            rows.append({"system": system, "scenario": scenario, "unit": unit,
-                         "median": round(statistics.median(data), digits), "min": round(min(data), digits),
-                         "max": round(max(data), digits), "runs": len(data)})
+            rows.append(results.summary_row(system, scenario, unit, data, digits))
     return rows
-
-
-def print_table(rows: list[dict[str, Any]]) -> None:
-    header = ("scenario", "system", "unit", "median", "min", "max", "runs")
-    table = [header] + [tuple(str(row[key]) for key in header) for row in rows]
-    widths = [max(len(line[i]) for line in table) for i in range(len(header))]
-    for number, line in enumerate(table):
-        print("  ".join(cell.ljust(width) if i < 3 else cell.rjust(width)
-                        for i, (cell, width) in enumerate(zip(line, widths, strict=True))))
-        if number == 0:
-            print("  ".join("-" * width for width in widths))
 
 
 def main() -> int:
@@ -497,7 +483,7 @@ def main() -> int:
                          finished_at=datetime.now(UTC).isoformat(timespec="seconds"))
     details_path = results_path.with_name(results_path.stem.replace("results", "beat_details") + ".json")
     details_path.write_text(json.dumps(bench.details, indent=2, default=str) + "\n")
-    print_table(rows)
+    results.print_table(rows)
     print("\nbeat_backend_requests_per_min: apiserver requests of both sidecars (lease-sidecar-*, naive-poll) or"
           " Redis commands on the lock's Redis (celery-redbeat, single-beat); backend pooled over the steady windows")
     if bench.details["errors"]:

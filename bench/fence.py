@@ -126,13 +126,8 @@ def measure(runs: int) -> list[dict[str, Any]]:
     finally:
         postgres.stop()
         redis_server.stop()
-    rows = []
-    for name, (unit, _caption) in SCENARIOS.items():
-        data = values[name]
-        digits = 1 if unit == "claims/s" else 3
-        rows.append({"system": SYSTEM, "scenario": name, "unit": unit, "median": round(statistics.median(data), digits),
-                     "min": round(min(data), digits), "max": round(max(data), digits), "runs": len(data)})
-    return rows
+    return [results.summary_row(SYSTEM, name, unit, values[name], 1 if unit == "claims/s" else 3)
+            for name, (unit, _caption) in SCENARIOS.items()]
 
 
 def main() -> int:

@@ -148,12 +148,7 @@ def measure(runs: int) -> list[dict[str, Any]]:
         for name, value in result.items():
             values[name].append(value)
         print(f"locks run {run + 1}/{runs}: " + ", ".join(f"{k} {v:.2f}" for k, v in result.items()), flush=True)
-    rows = []
-    for name, (unit, _caption) in SCENARIOS.items():
-        data = values[name]
-        rows.append({"system": SYSTEM, "scenario": name, "unit": unit, "median": round(statistics.median(data), 2),
-                     "min": round(min(data), 2), "max": round(max(data), 2), "runs": len(data)})
-    return rows
+    return [results.summary_row(SYSTEM, name, unit, values[name], 2) for name, (unit, _caption) in SCENARIOS.items()]
 
 
 def main() -> int:

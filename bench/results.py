@@ -11,12 +11,31 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 from pathlib import Path
 from typing import Any
 
 RESULTS_PATH = Path(__file__).resolve().parent / "results.json"
 
 Row = dict[str, Any]
+
+
+def summary_row(system: str, scenario: str, unit: str, values: list[float], digits: int) -> Row:
+    """One row: median, min and max of a scenario's values over its runs, rounded to `digits`."""
+    return {"system": system, "scenario": scenario, "unit": unit, "median": round(statistics.median(values), digits),
+            "min": round(min(values), digits), "max": round(max(values), digits), "runs": len(values)}
+
+
+def print_table(rows: list[Row]) -> None:
+    """The rows as an aligned text table: names left, figures right."""
+    header = ("scenario", "system", "unit", "median", "min", "max", "runs")
+    table = [header] + [tuple(str(row[key]) for key in header) for row in rows]
+    widths = [max(len(line[i]) for line in table) for i in range(len(header))]
+    for index, line in enumerate(table):
+        print("  ".join(cell.ljust(width) if i < 3 else cell.rjust(width)
+                        for i, (cell, width) in enumerate(zip(line, widths, strict=True))))
+        if index == 0:
+            print("  ".join("-" * width for width in widths))
 
 
 def row_key(row: Row) -> tuple[str, str]:

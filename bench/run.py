@@ -697,21 +697,8 @@ def rows_from(values: dict[tuple[str, str], list[float]]) -> list[dict[str, Any]
             if not data:
                 continue
             digits = 1 if unit in ("requests/s", "requests/min", "MiB", "KiB") else 3
-            rows.append({"system": system, "scenario": scenario, "unit": unit,
-                         "median": round(statistics.median(data), digits), "min": round(min(data), digits),
-                         "max": round(max(data), digits), "runs": len(data)})
+            rows.append(results.summary_row(system, scenario, unit, data, digits))
     return rows
-
-
-def print_table(rows: list[dict[str, Any]]) -> None:
-    header = ("scenario", "system", "unit", "median", "min", "max", "runs")
-    table = [header] + [tuple(str(row[key]) for key in header) for row in rows]
-    widths = [max(len(line[i]) for line in table) for i in range(len(header))]
-    for index, line in enumerate(table):
-        print("  ".join(cell.ljust(width) if i < 3 else cell.rjust(width)
-                        for i, (cell, width) in enumerate(zip(line, widths, strict=True))))
-        if index == 0:
-            print("  ".join("-" * width for width in widths))
 
 
 def plot(rows: list[dict[str, Any]], machine: dict[str, Any], path: Path) -> None:
@@ -826,7 +813,7 @@ def main() -> int:
     (BENCH / "machine.json").write_text(json.dumps(machine, indent=2) + "\n")
     (BENCH / "details.json").write_text(json.dumps(bench.details, indent=2, default=str) + "\n")
     plot(rows, machine, BENCH / "results.png")
-    print_table(rows)
+    results.print_table(rows)
     print(f"\nAPI requests per minute, all windows pooled: {json.dumps(audit['pooled'])}")
     print(f"API verbs per role (all windows): {json.dumps(audit['verbs'])}")
     if bench.details["errors"]:
@@ -1014,7 +1001,7 @@ def replot() -> None:
     """`bench/run.py --replot`: redraw results.png from results.json and machine.json (no measuring)."""
     rows = json.loads((BENCH / "results.json").read_text())
     plot(rows, json.loads((BENCH / "machine.json").read_text()), BENCH / "results.png")
-    print_table(rows)
+    results.print_table(rows)
 
 
 if __name__ == "__main__":

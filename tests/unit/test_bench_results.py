@@ -59,3 +59,18 @@ def test_the_committed_results_have_one_row_per_pair() -> None:
     keys = [results.row_key(r) for r in rows]
     assert len(keys) == len(set(keys))
     assert results.merged(rows, []) == rows
+
+
+def test_summary_row_gives_median_min_max_and_runs_rounded() -> None:
+    assert results.summary_row("a", "x", "ms", [0.12345, 0.5, 0.3], 3) == {
+        "system": "a", "scenario": "x", "unit": "ms", "median": 0.3, "min": 0.123, "max": 0.5, "runs": 3}
+
+
+def test_print_table_aligns_names_left_and_figures_right(capsys: pytest.CaptureFixture[str]) -> None:
+    results.print_table([row("lease-sidecar", "graceful_handover_s", 0.25), row("go", "x", 12.5)])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["scenario", "system", "unit", "median", "min", "max", "runs"]
+    assert set(lines[1].replace(" ", "")) == {"-"}
+    assert lines[2].split() == ["graceful_handover_s", "lease-sidecar", "s", "0.25", "0.25", "0.25", "1"]
+    assert lines[3].startswith("x   ") and lines[3].endswith(" 1")
+    assert len({len(line) for line in lines}) == 1, "every line as wide as the header's"
