@@ -126,3 +126,26 @@ def executors_by_token(rows: list[Any]) -> dict[int, set[str]]:
     for _job, _tick, _at, executor, token in rows:
         result.setdefault(token, set()).add(executor)
     return result
+
+
+def leader_of(instances: list[Instance]) -> Instance:
+    leading = [instance for instance in instances if instance.sidecar.alive() and instance.leads()]
+    assert len(leading) == 1, [instance.name for instance in leading]
+    return leading[0]
+
+
+def freeze_the_leading_app(instances: list[Instance], dsn: str, run: str, jobs: int) -> Instance:
+    """SIGSTOPs the leading app alone (its sidecar runs on) until another instance leads and has run
+    every job three times, then SIGCONTs it; waits for eight rounds by the new leader, which must
+    still lead. Returns the new leader."""
+    frozen = leader_of(instances)
+    other = next(i for i in instances if i is not frozen)
+    frozen.app.send_signal(signal.SIGSTOP)
+    try:
+        sidecars.wait_for(other.leads, timeout=30, interval=0.1)
+        wait_for_rows(dsn, run, lambda rows: sum(r[3] == other.name for r in rows) >= 3 * jobs, timeout_s=30)
+    finally:
+        frozen.app.send_signal(signal.SIGCONT)
+    wait_for_rows(dsn, run, lambda rows: sum(r[3] == other.name for r in rows) >= 8 * jobs, timeout_s=30)
+    assert leader_of(instances) is other
+    return other

@@ -6,7 +6,6 @@ uniqueness of its own (tests/beat_apps.py)."""
 
 from __future__ import annotations
 
-import signal
 import uuid
 from pathlib import Path
 
@@ -24,12 +23,6 @@ def start_instance(name: str, lease: str, namespace: str, tmp_path: Path, kubeco
     return beat.Instance(name, sidecar, app, log)
 
 
-def leader_of(instances: list[beat.Instance]) -> beat.Instance:
-    leading = [instance for instance in instances if instance.sidecar.alive() and instance.leads()]
-    assert len(leading) == 1, [instance.name for instance in leading]
-    return leading[0]
-
-
 def test_each_tick_once_across_sigkill_and_resign(namespace: str, kubeconfig: Path, postgres_dsn: str,
                                                   tmp_path: Path) -> None:
     run, lease = f"aps-{uuid.uuid4().hex[:8]}", "beat-apscheduler"
@@ -38,14 +31,14 @@ def test_each_tick_once_across_sigkill_and_resign(namespace: str, kubeconfig: Pa
     try:
         wait_for(lambda: any(i.leads() for i in instances), timeout=30, interval=0.1)
         beat.wait_for_rows(postgres_dsn, run, lambda rows: len({r[1] for r in rows}) >= 3, timeout_s=30)
-        first = leader_of(instances)
+        first = beat.leader_of(instances)
 
         # A crash of the leading pod: app and sidecar SIGKILLed together.
         first.kill()
         instances.append(start_instance("charlie", lease, namespace, tmp_path, kubeconfig, postgres_dsn, run))
         rows = beat.wait_for_rows(postgres_dsn, run, lambda rows: any(r[3] != first.name for r in rows[-JOBS:]),
                                   timeout_s=40)
-        second = leader_of(instances)
+        second = beat.leader_of(instances)
         assert second is not first
         beat.wait_for_rows(postgres_dsn, run, lambda rows: sum(r[3] == second.name for r in rows) >= 3 * JOBS,
                            timeout_s=30)
@@ -55,7 +48,7 @@ def test_each_tick_once_across_sigkill_and_resign(namespace: str, kubeconfig: Pa
         assert status == 200
         beat.wait_for_rows(postgres_dsn, run, lambda rows: sum(
             r[3] not in (first.name, second.name) for r in rows) >= 3 * JOBS, timeout_s=40)
-        third = leader_of(instances)
+        third = beat.leader_of(instances)
         assert third not in (first, second)
     finally:
         logs = {i.name: i.app_log.read_text(errors="replace")[-3000:] for i in instances}
@@ -81,7 +74,7 @@ def test_jobs_run_only_on_the_leader(namespace: str, kubeconfig: Path, postgres_
                  for name in ("alpha", "bravo", "charlie")]
     try:
         wait_for(lambda: any(i.leads() for i in instances), timeout=30, interval=0.1)
-        leader = leader_of(instances)
+        leader = beat.leader_of(instances)
         token = leader.token()
         rows = beat.wait_for_rows(postgres_dsn, run, lambda rows: len({r[1] for r in rows}) >= 5, timeout_s=30)
     finally:
@@ -103,18 +96,7 @@ def test_a_frozen_scheduler_hands_over_and_its_late_runs_are_refused(
     try:
         wait_for(lambda: any(i.leads() for i in instances), timeout=30, interval=0.1)
         beat.wait_for_rows(postgres_dsn, run, lambda rows: len({r[1] for r in rows}) >= 3, timeout_s=30)
-        frozen = leader_of(instances)
-        other = next(i for i in instances if i is not frozen)
-        frozen.app.send_signal(signal.SIGSTOP)
-        try:
-            wait_for(other.leads, timeout=30, interval=0.1)
-            beat.wait_for_rows(postgres_dsn, run, lambda rows: sum(r[3] == other.name for r in rows) >= 3 * JOBS,
-                               timeout_s=30)
-        finally:
-            frozen.app.send_signal(signal.SIGCONT)
-        beat.wait_for_rows(postgres_dsn, run, lambda rows: sum(r[3] == other.name for r in rows) >= 8 * JOBS,
-                           timeout_s=30)
-        assert leader_of(instances) is other
+        beat.freeze_the_leading_app(instances, postgres_dsn, run, JOBS)
     finally:
         logs = {i.name: i.app_log.read_text(errors="replace")[-3000:] for i in instances}
         for instance in instances:
@@ -136,7 +118,7 @@ def test_a_drained_hand_over_lets_running_jobs_finish(namespace: str, kubeconfig
     try:
         wait_for(lambda: any(i.leads() for i in instances), timeout=30, interval=0.1)
         beat.wait_for_rows(postgres_dsn, run, lambda rows: len({r[1] for r in rows}) >= 3, timeout_s=30)
-        first = leader_of(instances)
+        first = beat.leader_of(instances)
         other = next(i for i in instances if i is not first)
         first_token = first.token()
         assert first.sidecar.terminate(timeout=20) == 0

@@ -7,7 +7,6 @@ not the current leader's token); a message delivered twice runs once."""
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
 import sys
 import uuid
@@ -48,12 +47,6 @@ def start_instance(name: str, lease: str, namespace: str, tmp_path: Path, kubeco
     return beat.Instance(name, sidecar, app, log)
 
 
-def leader_of(instances: list[beat.Instance]) -> beat.Instance:
-    leading = [instance for instance in instances if instance.sidecar.alive() and instance.leads()]
-    assert len(leading) == 1, [instance.name for instance in leading]
-    return leading[0]
-
-
 @pytest.fixture()
 def run_id(postgres_dsn: str) -> Iterator[str]:
     install_effects(postgres_dsn)
@@ -69,14 +62,14 @@ def test_each_tick_once_across_sigkill_and_resign(namespace: str, kubeconfig: Pa
     try:
         wait_for(lambda: any(i.leads() for i in instances), timeout=40, interval=0.1)
         beat.wait_for_rows(postgres_dsn, run_id, lambda rows: len({r[1] for r in rows}) >= 3, timeout_s=40)
-        first = leader_of(instances)
+        first = beat.leader_of(instances)
 
         first.kill()
         instances.append(start_instance("charlie", lease, namespace, tmp_path, kubeconfig, postgres_dsn, redis_url,
                                         run_id))
         beat.wait_for_rows(postgres_dsn, run_id, lambda rows: any(r[3] != first.name for r in rows[-JOBS:]),
                            timeout_s=40)
-        second = leader_of(instances)
+        second = beat.leader_of(instances)
         assert second is not first
         beat.wait_for_rows(postgres_dsn, run_id, lambda rows: sum(r[3] == second.name for r in rows) >= 3 * JOBS,
                            timeout_s=30)
@@ -85,7 +78,7 @@ def test_each_tick_once_across_sigkill_and_resign(namespace: str, kubeconfig: Pa
         assert status == 200
         beat.wait_for_rows(postgres_dsn, run_id, lambda rows: sum(
             r[3] not in (first.name, second.name) for r in rows) >= 3 * JOBS, timeout_s=40)
-        third = leader_of(instances)
+        third = beat.leader_of(instances)
         assert third not in (first, second)
     finally:
         logs = {i.name: i.app_log.read_text(errors="replace")[-3000:] for i in instances}
@@ -113,12 +106,12 @@ def test_queued_task_runs_after_failover_and_a_duplicate_runs_once(
     worker = None
     try:
         wait_for(lambda: any(i.leads() for i in instances), timeout=40, interval=0.1)
-        first = leader_of(instances)
+        first = beat.leader_of(instances)
         first_token = first.token()
         wait_for(lambda: "Sending due task" in first.app_log.read_text(errors="replace"), timeout=30, interval=0.2)
         first.kill()
         wait_for(lambda: any(i.leads() for i in instances if i is not first), timeout=40, interval=0.1)
-        second = leader_of([i for i in instances if i is not first])
+        second = beat.leader_of([i for i in instances if i is not first])
         assert second.token() > first_token
         worker = start_worker(redis_url, postgres_dsn, run_id, tmp_path / "worker.log")
         beat.wait_for_rows(postgres_dsn, run_id, lambda rows: any(r[4] == second.token() for r in rows), timeout_s=60)
@@ -162,18 +155,7 @@ def test_a_frozen_beat_hands_over_and_sends_nothing_late(namespace: str, kubecon
     try:
         wait_for(lambda: any(i.leads() for i in instances), timeout=40, interval=0.1)
         beat.wait_for_rows(postgres_dsn, run_id, lambda rows: len({r[1] for r in rows}) >= 3, timeout_s=40)
-        frozen = leader_of(instances)
-        other = next(i for i in instances if i is not frozen)
-        frozen.app.send_signal(signal.SIGSTOP)
-        try:
-            wait_for(other.leads, timeout=30, interval=0.1)
-            beat.wait_for_rows(postgres_dsn, run_id, lambda rows: sum(r[3] == other.name for r in rows) >= 3 * JOBS,
-                               timeout_s=30)
-        finally:
-            frozen.app.send_signal(signal.SIGCONT)
-        beat.wait_for_rows(postgres_dsn, run_id, lambda rows: sum(r[3] == other.name for r in rows) >= 8 * JOBS,
-                           timeout_s=30)
-        assert leader_of(instances) is other
+        beat.freeze_the_leading_app(instances, postgres_dsn, run_id, JOBS)
     finally:
         logs = {i.name: i.app_log.read_text(errors="replace")[-3000:] for i in instances}
         for instance in instances:
