@@ -26,9 +26,17 @@ the election; the differences are only these, each stated with its reason:
   before the list was received, and its deadline is before then + max TTL. So the F3 fence of an
   absence seen *on the stream* is min(t + max TTL, watched_since + max TTL): a new key is taken at
   once when the watch is `--lock-max-ttl` old. A read (after a conflict or a failed call) that
-  finds a key absent keeps F3 unchanged. The cost: for `--lock-max-ttl` after a sidecar starts
-  (and after a watch that could not resume, HTTP 410, and listed again) keys it finds absent wait
-  until then; and one list, then one watch request per --failover-timeout, per pod. As in the
+  finds a key absent keeps F3 unchanged. "Watched" means the stream is open: when it breaks,
+  nothing is watched until the resumed watch is answered again, however long that takes (a key
+  could be taken, released and collected meanwhile, or its Lease deleted under a live holder,
+  unseen here). So from the break, watched_since is unset (a key this sidecar has not seen is
+  read, and an absence found waits a full TTL) and every key's view taken before the break is
+  read again before it is acted on; once the resumed watch is open, watched_since is the moment
+  it opened: it replays every change after the version it resumed from, which each key's Elector
+  sees before that new watch is one TTL old. The cost: for `--lock-max-ttl` after a sidecar
+  starts, after a watch that could not resume (HTTP 410) and listed again, and after a resumed
+  watch opens, keys it finds absent wait until then; one read per key acted on after a break;
+  and one list, then one watch request per --failover-timeout, per pod. As in the
   election, a third party that deletes a live holder's Lease within the stream's delay before
   another pod's create is not covered (election.py: "only a third party's overwrite breaks this").
 * K4 tokens never restart: a new term's token is max(the Elector's rule, int(resourceVersion of
@@ -240,6 +248,12 @@ class KeyElector(Elector):
             raise RuntimeError("the owner of a key changes only between terms")
         self.identity = f"{self.pod_identity}/{owner}"
 
+    def lost_sight(self) -> None:
+        """The watch broke: what was observed may be stale. The next decision reads the Lease first
+        (K3), so it acts on the Lease as it is now and a creation's token is raised above the
+        version of the read that showed it absent (K4)."""
+        self._needs_read = True
+
     def has_term(self) -> bool:
         return self._term is not None
 
@@ -309,8 +323,9 @@ class LockLimits:
 @dataclass(frozen=True)
 class LockEvent:
     """From the lock Leases' list + watch. `listed`: the whole set (`items`) at `version`;
-    `changed` / `deleted`: one Lease (`lease`, the raw object); `bookmark`: only the stream's
-    version moved. `version` is the stream's resourceVersion after the event."""
+    `opened`: a watch request was answered, every change after `version` follows; `changed` /
+    `deleted`: one Lease (`lease`, the raw object); `bookmark`: only the stream's version moved.
+    `version` is the stream's resourceVersion after the event."""
 
     kind: str
     version: str

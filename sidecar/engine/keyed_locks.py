@@ -4,7 +4,8 @@ pod wants, renewals, limits, garbage collection, and release of everything at sh
 A thin shell like `heartbeat.BeatHeartbeat`: every decision is a `KeyElector`'s (core/keyed_locks.py).
 Who renews: the sidecar, every third of --lock-max-ttl, while the owner renews (PUT) within its
 ttl; each PUT is local (no API call). API cost per key: acquire 1 write (a create or an update),
-then 3 renewals per --lock-max-ttl, release 1 write; a never-seen key costs no read.
+then 3 renewals per --lock-max-ttl, release 1 write; a never-seen key costs no read while the
+watch is open (after a break, each key acted on is read once: core K3).
 """
 
 from __future__ import annotations
@@ -291,7 +292,8 @@ class KeyedLocks:
 
     async def watch_forever(self) -> None:
         """Every lock Lease of the election, fed to its key's Elector; resumed from the last version
-        when the stream breaks, listed again only when it cannot be resumed (K3)."""
+        when the stream breaks (nothing counts as watched until it is open again), listed again
+        only when it cannot be resumed (K3)."""
         backoff = _WATCH_BACKOFF_START_S
         idle_s = self.config.failover_timeout_s
         version = ""
@@ -309,10 +311,22 @@ class KeyedLocks:
                 version, self._watched_since_mono = "", None
                 self._synced.clear()
             except (LockError, OSError) as error:
+                self._lose_sight()
                 log.warning("lock watch broken, resuming", extra={"event": "lock_watch_failed", "error": str(error),
                                                                   "retry_in_s": round(backoff, 3)})
             await asyncio.sleep(backoff)
             backoff = min(_WATCH_BACKOFF_CAP_S, backoff * 2)
+
+    def _lose_sight(self) -> None:
+        """K3 after a broken watch: from the break until the resumed watch opens, nothing here is
+        watched, so no absence counts as seen on the stream (a key this sidecar has not seen is
+        read, and an absence found waits a full --lock-max-ttl), and every view taken before the
+        break is read again before it is acted on (the Lease may have been taken, released and
+        collected meanwhile, with tokens above any version seen here)."""
+        self._watched_since_mono = None
+        self._synced.clear()
+        for entry in self.entries.values():
+            entry.elector.lost_sight()
 
     async def gc_forever(self) -> None:
         """K6: delete Leases that have shown a release for --lock-gc-after; one check per tenth of it."""
@@ -369,6 +383,11 @@ class KeyedLocks:
 
     def _on_event(self, event: LockEvent) -> None:
         self._watch_version = event.version
+        if self._watched_since_mono is None and event.kind != "listed":
+            # K3: a watch resumed after a break is open again; every change after the version it
+            # resumed from will follow. Its age, not the first list's, bounds the waits from now.
+            self._watched_since_mono = self.clock.now().mono
+            self._synced.set()
         if event.kind == "listed":
             self._watched_since_mono = self.clock.now().mono
             listed = {lease_name(item): item for item in event.items}

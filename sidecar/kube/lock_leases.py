@@ -112,6 +112,7 @@ class LockLeases:
     async def watch_from(self, version: str, idle_timeout_s: float) -> AsyncIterator[LockEvent]:
         while True:
             response = await self._open_watch(version, idle_timeout_s)
+            yield LockEvent("opened", version)  # K3: a resumed watch counts as watching from now
             try:
                 async for line in _lines(response):
                     event = json.loads(line)

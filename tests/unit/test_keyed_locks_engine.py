@@ -1,0 +1,84 @@
+"""Keyed locks' driver (engine/keyed_locks.py) over an in-memory lock-lease source on a fake clock:
+what it does when its watch breaks and resumes, and what it publishes and releases."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+
+import pytest
+
+from sidecar.core.keyed_locks import LockLimits, lock_election_config
+from sidecar.core.record import LeaseRecord
+from sidecar.engine.keyed_locks import KeyedLocks, LockRefused
+from tests.unit.fake_lock_leases import FakeClock, FakeLockLeases, until
+
+MAX_TTL_S = 30.0
+CONFIG = lock_election_config(MAX_TTL_S, None)
+LIMITS = LockLimits(max_keys=10, rate_per_s=100.0, burst=100, gc_after_s=600.0)
+EPOCH = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+@pytest.fixture
+async def running() -> AsyncIterator[tuple[KeyedLocks, FakeLockLeases, FakeClock]]:
+    """A sidecar's keyed locks with its watch running and listed."""
+    leases, clock = FakeLockLeases(), FakeClock()
+    locks = KeyedLocks(leases, clock, "pod-a", CONFIG, LIMITS)
+    watch = asyncio.create_task(locks.watch_forever())
+    await until(lambda: leases.watches_open == 1)
+    yield locks, leases, clock
+    watch.cancel()
+    for entry in locks.entries.values():
+        if entry.task is not None:
+            entry.task.cancel()
+
+
+def other_pods_hold(token: int) -> LeaseRecord:
+    return LeaseRecord(holder="pod-b/aaaaaaaaaaaaaaaa", duration_s=int(MAX_TTL_S), acquire_time=EPOCH,
+                       renew_time=EPOCH, fencing_token=token)
+
+
+async def test_a_broken_watch_stops_taking_absent_keys_at_once_until_the_resumed_watch_is_max_ttl_old(
+        running: tuple[KeyedLocks, FakeLockLeases, FakeClock]) -> None:
+    locks, leases, clock = running
+    clock.advance(MAX_TTL_S + 10)  # the watch is older than --lock-max-ttl: K3 takes absent keys at once
+    assert (await locks.acquire("before-the-break", 10.0, 0.0)).fencing_token > 0
+
+    leases.break_watch()
+    await until(lambda: leases.watches_broken == 1)
+    with pytest.raises(LockRefused) as refused:  # no stream now: a read's absence waits a full TTL (F3)
+        await locks.acquire("during-the-break", 10.0, 0.0)
+    assert refused.value.status == 409 and refused.value.retry_after_s == pytest.approx(MAX_TTL_S)
+
+    clock.advance(5)
+    leases.heal_watch()
+    await until(lambda: leases.watches_open == 1)  # resumed from its last version, not listed again
+    resumed_mono = clock.mono
+    clock.advance(1)
+    with pytest.raises(LockRefused) as refused:  # judged from the resumed watch, not the first list
+        await locks.acquire("after-the-break", 10.0, 0.0)
+    assert refused.value.retry_after_s == pytest.approx(resumed_mono + MAX_TTL_S - clock.mono)
+    clock.advance(MAX_TTL_S)
+    assert (await locks.acquire("after-the-break", 10.0, 0.0)).fencing_token > 0
+
+
+async def test_a_key_seen_absent_before_the_watch_broke_is_read_again_and_its_token_never_goes_back(
+        running: tuple[KeyedLocks, FakeLockLeases, FakeClock]) -> None:
+    locks, leases, clock = running
+    with pytest.raises(LockRefused):  # the young watch fences the key (K3): now known absent
+        await locks.acquire("nightly", 10.0, 0.0)
+    clock.advance(MAX_TTL_S + 10)
+
+    leases.break_watch()
+    await until(lambda: leases.watches_broken == 1)
+    # Unseen by this sidecar: the cluster writes on, another pod takes the key (its token is the
+    # version it replaced + 1, election.py L2), releases it, and the released Lease is collected.
+    leases.others_write(5000)
+    leases.put("nightly", other_pods_hold(token=leases.revision + 1))
+    leases.put("nightly", LeaseRecord(holder="", duration_s=1, acquire_time=EPOCH, renew_time=EPOCH,
+                                      fencing_token=5000))
+    leases.remove("nightly")
+
+    hold = await locks.acquire("nightly", 10.0, 0.0)
+    assert hold.fencing_token > 5100
