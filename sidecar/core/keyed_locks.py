@@ -189,7 +189,8 @@ def lock_election_config(max_ttl_s: float, request_timeout_s: float | None) -> E
 
 class OwnerGate(AppLiveness):
     """The Elector's gate for one key: lead only while this pod's owner wants the key (acquiring,
-    or holding and renewing within its ttl) and, with --app-heartbeat-ttl, while the app is alive."""
+    or holding and renewing within its ttl) and, with --app-heartbeat-ttl, while the app is alive;
+    a term is over from the first lapse of the app's liveness since it began (`term_end_reason`)."""
 
     def __init__(self, app: AppLiveness | None = None) -> None:
         super().__init__()
@@ -220,6 +221,20 @@ class OwnerGate(AppLiveness):
             if not alive:
                 return "app heartbeat missed"
         return None
+
+    def term_end_reason(self, started_mono: float, now_mono: float) -> str | None:
+        """Why a key's term begun at `started_mono` is over by `now_mono` (the Elector asks this
+        at every decision and in `is_leader`). The election's rule L3 for the app's liveness: a
+        lapse of --app-heartbeat-ttl since the term began ends it from that moment, for good,
+        even once a late heartbeat has covered the lapse; then this gate now (the owner's ttl, the
+        app alive). An app's resign of the election is not its liveness: it leaves locks alone."""
+        app = self.app
+        # AppLiveness remembers its latest lapse for this very rule; its own term_end_reason would
+        # also end every key's term on a resign, and its sit-out would not block acquisitions here.
+        if app is not None and app.ttl_s is not None and app._lapsed_mono is not None \
+                and app._lapsed_mono >= started_mono:
+            return app._lapse_reason
+        return self.blocked_reason(now_mono)
 
     def next_change_mono(self, now_mono: float) -> float | None:
         if self.owner is None or now_mono >= self.until_mono:

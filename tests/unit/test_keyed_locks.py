@@ -189,3 +189,16 @@ def test_request_rate() -> None:
     assert rate.take(0.0) == 0.0 and rate.take(0.0) == 0.0
     assert rate.take(0.0) == pytest.approx(0.5)
     assert rate.take(0.5) == 0.0
+
+
+def test_a_late_app_heartbeat_never_brings_a_keys_term_back() -> None:
+    app = AppLiveness(ttl_s=2.0)
+    app.beat(0, EPOCH)
+    elector, gate = key_elector(app)
+    _hold(elector, gate, 0)
+    gate.renewed(1.0)  # the owner renews within its ttl all along
+    app.beat(2.5, EPOCH + timedelta(seconds=2.5))  # late: the app's liveness lapsed at 2.0
+    assert not elector.is_leader(2.6)  # the election's rule (L3): over from the lapse, for good
+    action = elector.next_action(at(2.6))
+    assert isinstance(action, Write) and action.kind == "release"
+    assert elector.view(2.6).term_end is not None and "app heartbeat missed" in elector.view(2.6).term_end.reason
