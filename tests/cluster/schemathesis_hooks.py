@@ -1,8 +1,10 @@
-"""Schemathesis hooks for tests/cluster/test_schemathesis.py (loaded through SCHEMATHESIS_HOOKS).
+"""Schemathesis hooks of the local API's runs (test_schemathesis.py, and the keyed locks' in
+test_keyed_locks.py), loaded through SCHEMATHESIS_HOOKS.
 
 `GET /leader?wait=W&since=V` blocks for up to W seconds (clamped to 300) when V is the current
-version, as designed. Valid waits are shortened so the run stays quick; invalid ones (negative,
-not a number) are left alone, so negative testing still sees them refused.
+version, and `?wait=` on a held lock key waits for it, as designed. Valid waits are shortened so
+the run stays quick; invalid ones (negative, not a number) are left alone, so negative testing
+still sees them refused.
 """
 
 from __future__ import annotations

@@ -6,10 +6,7 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 import urllib.error
@@ -34,7 +31,8 @@ from tests.cluster.test_chart import (  # noqa: F401  (charts, helm_env: the cha
     render,
     sidecar_of,
 )
-from tests.conftest import ROOT, localcluster
+from tests.cluster.test_schemathesis import run_schemathesis
+from tests.conftest import localcluster
 
 LOCKS = ("--locks", "--lock-max-ttl", "3", "--log-level", "debug")
 
@@ -294,21 +292,8 @@ def test_the_charts_role_with_locks_is_enough_for_acquire_renew_release_and_coll
 def test_the_locks_api_passes_schemathesis(namespace: str, tmp_path: Path) -> None:
     sidecar = start("schema", "locks", namespace, tmp_path, "--lock-rate", "1000")
     try:
-        st = Path(sys.executable).with_name("st")
-        result = subprocess.run(
-            [str(st), "--config-file", str(Path(__file__).with_name("schemathesis_locks.toml")), "run",
-             f"{sidecar.url}/openapi.json", "--checks", "all", "--include-path-regex", "^/locks/",
-             "--max-examples", os.environ.get("SCHEMATHESIS_MAX_EXAMPLES", "60"),
-             "--seed", os.environ.get("SCHEMATHESIS_SEED", "20261203"), "--request-timeout", "10",
-             "--workers", "1", "--no-color"],
-            capture_output=True, text=True, timeout=600, cwd=tmp_path,
-            env={**os.environ, "SCHEMATHESIS_HOOKS": "tests.cluster.schemathesis_lock_hooks",
-                 "PYTHONPATH": str(ROOT)})
-        output = result.stdout + result.stderr
-        print(output[-3000:])
-        assert result.returncode == 0, output[-8000:]
-        assert "Operations:" in output and " 0 selected" not in output, output[-3000:]
-        assert sidecar.alive() and "Traceback" not in sidecar.logs()
+        run_schemathesis(sidecar, tmp_path, "schemathesis_locks.toml", "--include-path-regex", "^/locks/",
+                         default_seed="20261203")
     finally:
         sidecars.stop_all([sidecar])
 
