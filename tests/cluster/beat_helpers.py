@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -147,5 +148,50 @@ def freeze_the_leading_app(instances: list[Instance], dsn: str, run: str, jobs: 
     finally:
         frozen.app.send_signal(signal.SIGCONT)
     wait_for_rows(dsn, run, lambda rows: sum(r[3] == other.name for r in rows) >= 8 * jobs, timeout_s=30)
-    assert leader_of(instances) is other
+    assert leader_of(instances) is other, f"{other.name} no longer leads after the frozen app resumed"
     return other
+
+
+def sigkill_the_leader_then_resign(instances: list[Instance], dsn: str, run: str, jobs: int,
+                                   start_another: Callable[[str], Instance]) -> list[Instance]:
+    """Two hand-overs, each waited out until the new leader has run every job three times: the
+    leading pod crashes (app and sidecar SIGKILLed together; `start_another("charlie")` joins as a
+    third candidate, appended to `instances`), then the next leader resigns (POST
+    /leader/resign?sit_out=30). Returns the three leaders in order."""
+    first = leader_of(instances)
+    first.kill()
+    instances.append(start_another("charlie"))
+    wait_for_rows(dsn, run, lambda rows: any(r[3] != first.name for r in rows[-jobs:]), timeout_s=40)
+    second = leader_of(instances)
+    assert second is not first, f"{first.name} leads again after its SIGKILL"
+    wait_for_rows(dsn, run, lambda rows: sum(r[3] == second.name for r in rows) >= 3 * jobs, timeout_s=30)
+
+    # A resign: the leader gives its term up, another candidate leads and catches up.
+    status, _ = second.sidecar.post("/leader/resign?sit_out=30")
+    assert status == 200, f"resign answered {status}"
+    wait_for_rows(dsn, run, lambda rows: sum(r[3] not in (first.name, second.name) for r in rows) >= 3 * jobs,
+                  timeout_s=40)
+    third = leader_of(instances)
+    assert third not in (first, second), f"{third.name} leads again after the hand-overs"
+    return [first, second, third]
+
+
+def app_log_tails(instances: list[Instance]) -> dict[str, str]:
+    """The end of each app's log, read before the instances are killed, for failure messages."""
+    return {i.name: i.app_log.read_text(errors="replace")[-3000:] for i in instances}
+
+
+def each_tick_ran_once(dsn: str, run: str, logs: dict[str, str]) -> list[Any]:
+    """Checks the run's effects: no tick twice, and every tick from the first to the last ran (those
+    missed during a hand-over were caught up). Returns the rows."""
+    rows = effects(dsn, run)
+    assert not duplicates(rows), f"ticks run twice: {duplicates(rows)}"
+    assert not missing(rows), f"ticks never run: {missing(rows)}\n{logs}"
+    return rows
+
+
+def one_leader_per_token_in_order(rows: list[Any], leaders: list[Instance]) -> None:
+    """Each term's token was seen by one executor only, and the terms ran in `leaders`' order."""
+    by_token = executors_by_token(rows)
+    assert all(len(names) == 1 for names in by_token.values()), by_token
+    assert [next(iter(by_token[t])) for t in sorted(by_token)] == [leader.name for leader in leaders], by_token

@@ -31,40 +31,19 @@ def test_each_tick_once_across_sigkill_and_resign(namespace: str, kubeconfig: Pa
     try:
         wait_for(lambda: any(i.leads() for i in instances), timeout=30, interval=0.1)
         beat.wait_for_rows(postgres_dsn, run, lambda rows: len({r[1] for r in rows}) >= 3, timeout_s=30)
-        first = beat.leader_of(instances)
-
-        # A crash of the leading pod: app and sidecar SIGKILLed together.
-        first.kill()
-        instances.append(start_instance("charlie", lease, namespace, tmp_path, kubeconfig, postgres_dsn, run))
-        rows = beat.wait_for_rows(postgres_dsn, run, lambda rows: any(r[3] != first.name for r in rows[-JOBS:]),
-                                  timeout_s=40)
-        second = beat.leader_of(instances)
-        assert second is not first
-        beat.wait_for_rows(postgres_dsn, run, lambda rows: sum(r[3] == second.name for r in rows) >= 3 * JOBS,
-                           timeout_s=30)
-
-        # A resign: the leader gives its term up, the other candidate leads and catches up.
-        status, _ = second.sidecar.post("/leader/resign?sit_out=30")
-        assert status == 200
-        beat.wait_for_rows(postgres_dsn, run, lambda rows: sum(
-            r[3] not in (first.name, second.name) for r in rows) >= 3 * JOBS, timeout_s=40)
-        third = beat.leader_of(instances)
-        assert third not in (first, second)
+        # A crash of the leading pod, then a resign.
+        leaders = beat.sigkill_the_leader_then_resign(
+            instances, postgres_dsn, run, JOBS,
+            lambda name: start_instance(name, lease, namespace, tmp_path, kubeconfig, postgres_dsn, run))
     finally:
-        logs = {i.name: i.app_log.read_text(errors="replace")[-3000:] for i in instances}
+        logs = beat.app_log_tails(instances)
         for instance in instances:
             instance.kill()
 
-    rows = beat.effects(postgres_dsn, run)
-    assert not beat.duplicates(rows), f"ticks run twice: {beat.duplicates(rows)}"
-    # Every tick from the first to the last ran: those missed during the failovers were caught up.
-    assert not beat.missing(rows), f"ticks never run: {beat.missing(rows)}\n{logs}"
+    rows = beat.each_tick_ran_once(postgres_dsn, run, logs)
     # The job saw its term's token, and a token belongs to one leader.
-    by_token = beat.executors_by_token(rows)
-    assert None not in by_token
-    assert all(len(names) == 1 for names in by_token.values()), by_token
-    order = [token for token in sorted(by_token)]
-    assert [next(iter(by_token[t])) for t in order] == [first.name, second.name, third.name], by_token
+    assert None not in beat.executors_by_token(rows)
+    beat.one_leader_per_token_in_order(rows, leaders)
 
 
 def test_jobs_run_only_on_the_leader(namespace: str, kubeconfig: Path, postgres_dsn: str, tmp_path: Path) -> None:
@@ -98,12 +77,10 @@ def test_a_frozen_scheduler_hands_over_and_its_late_runs_are_refused(
         beat.wait_for_rows(postgres_dsn, run, lambda rows: len({r[1] for r in rows}) >= 3, timeout_s=30)
         beat.freeze_the_leading_app(instances, postgres_dsn, run, JOBS)
     finally:
-        logs = {i.name: i.app_log.read_text(errors="replace")[-3000:] for i in instances}
+        logs = beat.app_log_tails(instances)
         for instance in instances:
             instance.kill()
-    rows = beat.effects(postgres_dsn, run)
-    assert not beat.duplicates(rows), f"ticks run twice: {beat.duplicates(rows)}"
-    assert not beat.missing(rows), f"ticks never run: {beat.missing(rows)}\n{logs}"
+    beat.each_tick_ran_once(postgres_dsn, run, logs)
 
 
 def test_a_drained_hand_over_lets_running_jobs_finish(namespace: str, kubeconfig: Path, postgres_dsn: str,

@@ -62,37 +62,18 @@ def test_each_tick_once_across_sigkill_and_resign(namespace: str, kubeconfig: Pa
     try:
         wait_for(lambda: any(i.leads() for i in instances), timeout=40, interval=0.1)
         beat.wait_for_rows(postgres_dsn, run_id, lambda rows: len({r[1] for r in rows}) >= 3, timeout_s=40)
-        first = beat.leader_of(instances)
-
-        first.kill()
-        instances.append(start_instance("charlie", lease, namespace, tmp_path, kubeconfig, postgres_dsn, redis_url,
-                                        run_id))
-        beat.wait_for_rows(postgres_dsn, run_id, lambda rows: any(r[3] != first.name for r in rows[-JOBS:]),
-                           timeout_s=40)
-        second = beat.leader_of(instances)
-        assert second is not first
-        beat.wait_for_rows(postgres_dsn, run_id, lambda rows: sum(r[3] == second.name for r in rows) >= 3 * JOBS,
-                           timeout_s=30)
-
-        status, _ = second.sidecar.post("/leader/resign?sit_out=30")
-        assert status == 200
-        beat.wait_for_rows(postgres_dsn, run_id, lambda rows: sum(
-            r[3] not in (first.name, second.name) for r in rows) >= 3 * JOBS, timeout_s=40)
-        third = beat.leader_of(instances)
-        assert third not in (first, second)
+        leaders = beat.sigkill_the_leader_then_resign(
+            instances, postgres_dsn, run_id, JOBS,
+            lambda name: start_instance(name, lease, namespace, tmp_path, kubeconfig, postgres_dsn, redis_url, run_id))
     finally:
-        logs = {i.name: i.app_log.read_text(errors="replace")[-3000:] for i in instances}
+        logs = beat.app_log_tails(instances)
         for instance in instances:
             instance.kill()
         worker.kill()
         worker.wait(10)
 
-    rows = beat.effects(postgres_dsn, run_id)
-    assert not beat.duplicates(rows), f"ticks run twice: {beat.duplicates(rows)}"
-    assert not beat.missing(rows), f"ticks never run: {beat.missing(rows)}\n{logs}"
-    by_token = beat.executors_by_token(rows)
-    assert all(len(names) == 1 for names in by_token.values()), by_token
-    assert [next(iter(by_token[t])) for t in sorted(by_token)] == [first.name, second.name, third.name], by_token
+    rows = beat.each_tick_ran_once(postgres_dsn, run_id, logs)
+    beat.one_leader_per_token_in_order(rows, leaders)
 
 
 def test_queued_task_runs_after_failover_and_a_duplicate_runs_once(
@@ -157,11 +138,9 @@ def test_a_frozen_beat_hands_over_and_sends_nothing_late(namespace: str, kubecon
         beat.wait_for_rows(postgres_dsn, run_id, lambda rows: len({r[1] for r in rows}) >= 3, timeout_s=40)
         beat.freeze_the_leading_app(instances, postgres_dsn, run_id, JOBS)
     finally:
-        logs = {i.name: i.app_log.read_text(errors="replace")[-3000:] for i in instances}
+        logs = beat.app_log_tails(instances)
         for instance in instances:
             instance.kill()
         worker.kill()
         worker.wait(10)
-    rows = beat.effects(postgres_dsn, run_id)
-    assert not beat.duplicates(rows), f"ticks run twice: {beat.duplicates(rows)}"
-    assert not beat.missing(rows), f"ticks never run: {beat.missing(rows)}\n{logs}"
+    beat.each_tick_ran_once(postgres_dsn, run_id, logs)
