@@ -39,11 +39,15 @@ the election; the differences are only these, each stated with its reason:
   and one list, then one watch request per --failover-timeout, per pod. As in the
   election, a third party that deletes a live holder's Lease within the stream's delay before
   another pod's create is not covered (election.py: "only a third party's overwrite breaks this").
-* K4 tokens never restart: a new term's token is max(the Elector's rule, int(resourceVersion of
-  the record it replaces)); a key created after its absence uses the resourceVersion of a list
-  that showed it absent (the watch's, or a read's). etcd revisions only grow and a token is always
-  below its Lease's resourceVersion, so a Lease garbage-collected and created again never goes
-  back below any earlier token, without any record kept beside it.
+* K4 tokens never restart: a new term's token is the Elector's rule L2, 1 + max(the tokens seen,
+  V), with V the resourceVersion of the record it replaces or, for a key created after its
+  absence, the store's version that showed it absent (the list's, the deletion's, or the
+  stream's latest when a never-seen key is asked for; a read's list), which the driver passes as
+  observe's `absent_version` exactly as the election's driver does; and never below
+  `version_floor`, the highest such version this Elector was given. etcd revisions only grow and
+  a token is at most the resourceVersion of its own acquisition write, which precedes the record
+  replaced or the absence, so a Lease deleted (by hand, or collected) and created again never
+  goes back to or below any earlier token, without any record kept beside it.
 * K5 one owner per key per pod: a second acquisition of a key this pod holds or is acquiring is
   refused (two workers in one pod are two owners). An owner is a random handle; the Lease's
   holderIdentity is "<pod identity>/<handle>", so a restarted pod is a different holder.
@@ -255,8 +259,7 @@ class KeyElector(Elector):
         """K3: since when every lock Lease of the election has been watched without a gap (None:
         not now). Set by the driver before each observation."""
         self.version_floor = 0
-        """K4: int(resourceVersion) of the record the next acquisition replaces, or of the list that
-        showed the key absent."""
+        """K4: the highest store version that showed the key absent (a token is never below it)."""
 
     def set_owner(self, owner: str) -> None:
         if self._term is not None:

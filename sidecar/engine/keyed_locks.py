@@ -372,9 +372,13 @@ class KeyedLocks:
         elector = entry.elector
         elector.watched_since_mono = self._watched_since_mono if stream_view else None
         current = entry.store.remember(lease) if lease is not None else None
-        if current is None and version.isdigit():
-            elector.version_floor = max(elector.version_floor, int(version))
-        elector.observe(now, current, from_stream=from_stream)
+        # Absent: `version` is the store's at or after the absence (the list's, the deletion's, or
+        # the stream's latest); a creation's token is 1 + it (election.py L2, core K4), as the
+        # election's driver passes its store's absent_version.
+        entry.store.absent_version = version if current is None and version.isdigit() else None
+        if entry.store.absent_version is not None:
+            elector.version_floor = max(elector.version_floor, int(entry.store.absent_version))
+        elector.observe(now, current, from_stream=from_stream, absent_version=entry.store.absent_version)
         seen = current.version if current is not None else None
         if seen != entry.last_version:
             entry.last_version, entry.unchanged_since_mono = seen, now.mono

@@ -82,3 +82,26 @@ async def test_a_key_seen_absent_before_the_watch_broke_is_read_again_and_its_to
 
     hold = await locks.acquire("nightly", 10.0, 0.0)
     assert hold.fencing_token > 5100
+
+
+async def test_a_new_key_takes_a_token_above_the_version_of_the_list_that_showed_it_absent(
+        running: tuple[KeyedLocks, FakeLockLeases, FakeClock]) -> None:
+    locks, leases, clock = running
+    listed_at = leases.revision
+    clock.advance(MAX_TTL_S + 10)
+    hold = await locks.acquire("first-time", 10.0, 0.0)
+    assert hold.fencing_token > listed_at  # election.py L2: 1 + the store's version at the absence
+
+
+async def test_a_deleted_and_recreated_keys_token_is_above_the_deletions_version(
+        running: tuple[KeyedLocks, FakeLockLeases, FakeClock]) -> None:
+    locks, leases, clock = running
+    clock.advance(MAX_TTL_S + 10)
+    leases.put("report", other_pods_hold(token=leases.revision + 1))
+    await until(lambda: leases.name_of("report") in locks.entries)
+    leases.remove("report")  # by hand, under its live holder: others wait a TTL from the sight (F2)
+    deleted_at = leases.revision
+    await until(lambda: locks.entries[leases.name_of("report")].elector.observed_record is None)
+    clock.advance(MAX_TTL_S + 1)
+    hold = await locks.acquire("report", 10.0, 0.0)
+    assert hold.fencing_token > deleted_at
