@@ -46,7 +46,7 @@ class ListAfterOwnWrite:
         self.holding = holding
         self.written = asyncio.Event()
         self.lists_held = 0
-        self.lists_served = 0
+        self.list_served = asyncio.Event()
 
     def __getattr__(self, name: str) -> object:
         return getattr(self.inner, name)  # anything else the store offers, as it is
@@ -70,7 +70,7 @@ class ListAfterOwnWrite:
             self.lists_held += 1
             self.written.clear()
             await self.written.wait()
-            self.lists_served += 1
+            self.list_served.set()
         async for event in self.inner.watch(idle_timeout_s, request_timeout_s):
             if first:
                 for _ in range(3):
@@ -176,8 +176,7 @@ async def test_a_relist_after_an_outage_while_our_write_lands_does_not_blind_the
             # Lease again: its list is then served after our next write (a renewal at most
             # RENEWAL_S later), the same race.
             async with asyncio.timeout(RENEWAL_S + 10):
-                while backend.lists_served < 1:
-                    await asyncio.sleep(0.05)
+                await backend.list_served.wait()
             await asyncio.sleep(1.0)
 
             asked = time.monotonic()
