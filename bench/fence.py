@@ -3,10 +3,11 @@ and a real Redis started from Debian packages by tests/servers.py (loopback, fsy
 tests: the figures are the fence's own work and round trips, not the disk's).
 
 Each run writes WRITES rows one transaction each, plain and fenced (`fenced_transaction`: SET LOCAL
-idle_in_transaction_session_timeout + lease_fence + the INSERT), interleaved in blocks so that the
-machine's other load falls on both alike; its figure is the median per write. Claims: CLAIMS ticks
-claimed one transaction each (fence + ledger insert + commit) by one connection. Rows are in
-bench/results.json's shape: {system, scenario, unit, median, min, max, runs}, over the runs.
+idle_in_transaction_session_timeout (and transaction_timeout on PostgreSQL 17+) + lease_fence + the
+INSERT), interleaved in blocks so that the machine's other load falls on both alike; its figure is
+the median per write. Claims: CLAIMS ticks claimed one transaction each (fence + ledger insert +
+commit) by one connection. Rows are in bench/results.json's shape: {system, scenario, unit,
+median, min, max, runs}, over the runs.
 
     python bench/fence.py            # BENCH_RUNS runs (5); merges its rows into bench/results.json
 """

@@ -25,9 +25,11 @@ What it guarantees, per job and scheduled time (tick), across replicas and failo
 - *exactly once* for what the job writes through `current_tick().connection` (`claim="with_effect"`,
   the default): the claim, the effect and `lease_finish_tick` commit in one fenced transaction, or
   none of them (a job that raises rolls its claim back and, as in APScheduler, is not rerun). The
-  transaction is killed if it sits idle past the term (`idle_in_transaction_session_timeout`), so a
+  server ends the transaction if it sits idle past the term (`idle_in_transaction_session_timeout`),
+  and on PostgreSQL 17 or newer if it lasts past the term at all (`transaction_timeout`), so a
   paused leader cannot commit after its successor began; a job must therefore finish within its
-  term, unless `LeaderExecutor(idle_timeout_s=...)` allows longer.
+  term, unless `LeaderExecutor(idle_timeout_s=...)` allows longer. On PostgreSQL 16 or older a job
+  kept busy (never idle that long) is not ended by the server: see docs/exactly-once.md.
 - *at most once* for anything else (`claim="before"`: the claim commits before the job runs;
   a tick whose job did not finish stays in `lease_unfinished_ticks`, reported, never rerun).
 
@@ -194,8 +196,9 @@ class LeaderExecutor(BasePoolExecutor):
     the ledger; `sidecar` is a `Sidecar` or its URL; `scope` defaults to the term's lease
     ("namespace/name"). `claim`: "with_effect" (default) or "before". `install_sql`: create the
     fence and ledger at start (idempotent). `idle_timeout_s`: how long the claim's transaction may
-    sit idle (the job's time between statements); None (default) is below the term's remaining
-    time at the claim, so a job must finish within its term (with a 4 s lease, 1 to 2 s). A longer
+    sit idle (the job's time between statements), and on PostgreSQL 17 or newer last at all; None
+    (default) is below the term's remaining time at the claim, so a job must finish within its term
+    (with a 4 s lease, 1 to 2 s). A longer
     fixed value lets longer jobs commit: a paused leader's transaction then stays open up to that
     long, and the next leader's first fence waits for it (its effect still commits before any of
     the next term's), so it may land after its term ended."""

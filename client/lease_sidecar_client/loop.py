@@ -14,7 +14,7 @@ each tick claimed in the PostgreSQL ledger (extra `psycopg`).
     loop.run()                                                         # until loop.stop()
 
 The guarantee per tick: a job with `exactly_once=True` runs in the transaction that claims the tick
-(fenced by the term's token, idle-killed past the term), so its effect commits together with the
+(fenced by the term's token, ended by the server's timeouts past the term), so its effect commits together with the
 claim, once, or not at all; with `exactly_once=False` the claim commits first and the job runs after,
 so it runs at most once, and a tick whose job did not finish (it failed, or the pod died while it
 ran) stays in `lease_unfinished_ticks`, reported at each new term, never rerun.

@@ -4,7 +4,7 @@
     from lease_sidecar_client import psycopg as lease_pg
 
     lease_pg.install(conn)                                   # once: runs sql/lease_fence.sql
-    with lease_pg.fenced_transaction(conn, current_term()):  # fenced; idle-killed past the term
+    with lease_pg.fenced_transaction(conn, current_term()):  # fenced; timed out past the term
         conn.execute("update ...")
 
 Every function takes a `Term` (its `lease` is the scope, its `fencing_token` the token) or a bare
@@ -24,6 +24,8 @@ import psycopg
 from ._fence import (
     INSTALL_LOCK_KEY,
     STALE_TOKEN_SQLSTATE,
+    fenced_begin_params,
+    fenced_begin_sql,
     idle_timeout_ms,
     scope_and_token,
     sql_text,
@@ -39,8 +41,7 @@ __all__ = [
     "idle_timeout_ms", "install", "last_tick", "missed_ticks", "unfinished_ticks",
 ]
 
-# set_config(..., true) is SET LOCAL: the timeout ends with the transaction.
-FENCED_BEGIN = "SELECT set_config('idle_in_transaction_session_timeout', %s, true), lease_fence(%s, %s)"
+FENCED_BEGIN = fenced_begin_sql(lambda name: f"%({name})s")
 
 
 @contextlib.contextmanager
@@ -92,15 +93,21 @@ def finish_tick(conn: psycopg.Connection[Any], term: Term | int, job: str, sched
 @contextlib.contextmanager
 def fenced_transaction(conn: psycopg.Connection[Any], term: Term | int, scope: str | None = None,
                        idle_timeout_s: float | None = None) -> Iterator[psycopg.Connection[Any]]:
-    """A transaction that is fenced first and that the server kills if it sits idle past the term
-    (SET LOCAL idle_in_transaction_session_timeout, see `idle_timeout_ms`): a writer paused past its
-    term (GC, SIGSTOP, a VM stall) cannot commit later. StaleToken if the token is stale; TermEnded
-    if the term has no time left before it starts."""
-    timeout_ms = idle_timeout_ms(term, idle_timeout_s)
-    scope, token = scope_and_token(term, scope)
+    """A transaction that is fenced first, with its timeouts set below the term's remaining time
+    (or to `idle_timeout_s`; see `idle_timeout_ms`), so that a writer paused past its term (GC,
+    SIGSTOP, a VM stall) has its session ended by the server instead of committing later:
+    `idle_in_transaction_session_timeout` ends it when it sits idle between statements that long,
+    and on PostgreSQL 17 or newer `transaction_timeout` also when the rest of the transaction takes
+    that long, busy or not (see `_fence.fenced_begin_sql`). StaleToken if the token is stale;
+    TermEnded if the term has no time left before it starts.
+
+    Call it outside savepoints: it begins the transaction (psycopg opens a savepoint instead when
+    one is already open), and a rollback to a savepoint taken before the fence undoes the fence,
+    its row lock included, so what the transaction writes after that is not fenced."""
+    params = fenced_begin_params(term, scope, idle_timeout_s)
     with conn.transaction():
-        with _stale_token_as_exception():  # one round trip: the timeout (SET LOCAL) and the fence
-            conn.execute(FENCED_BEGIN, (str(timeout_ms), scope, token))
+        with _stale_token_as_exception():  # one round trip: the timeouts (SET LOCAL) and the fence
+            conn.execute(FENCED_BEGIN, params)
         yield conn
 
 
@@ -165,11 +172,10 @@ async def afinish_tick(conn: psycopg.AsyncConnection[Any], term: Term | int, job
 @contextlib.asynccontextmanager
 async def afenced_transaction(conn: psycopg.AsyncConnection[Any], term: Term | int, scope: str | None = None,
                               idle_timeout_s: float | None = None) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
-    timeout_ms = idle_timeout_ms(term, idle_timeout_s)
-    scope, token = scope_and_token(term, scope)
+    params = fenced_begin_params(term, scope, idle_timeout_s)
     async with conn.transaction():
         with _stale_token_as_exception():
-            await conn.execute(FENCED_BEGIN, (str(timeout_ms), scope, token))
+            await conn.execute(FENCED_BEGIN, params)
         yield conn
 
 

@@ -22,16 +22,21 @@ from typing import Any
 import sqlalchemy
 from sqlalchemy import exc, text
 
-from ._fence import INSTALL_LOCK_KEY, STALE_TOKEN_SQLSTATE, idle_timeout_ms, scope_and_token, sql_text
+from ._fence import (
+    INSTALL_LOCK_KEY,
+    STALE_TOKEN_SQLSTATE,
+    fenced_begin_params,
+    fenced_begin_sql,
+    scope_and_token,
+    sql_text,
+)
 from ._term import StaleToken, Term
 
 __all__ = ["StaleToken", "aclaim_tick", "afence", "afenced_transaction", "afinish_tick", "claim_tick", "fence",
            "fenced_transaction", "finish_tick", "install", "last_tick"]
 
 Executor = Any  # sqlalchemy Connection or orm Session (both have .execute and .begin)
-# set_config(..., true) is SET LOCAL: the timeout ends with the transaction.
-FENCED_BEGIN = text("SELECT set_config('idle_in_transaction_session_timeout', :timeout, true),"
-                    " lease_fence(:scope, :token)")
+FENCED_BEGIN = text(fenced_begin_sql(lambda name: f":{name}"))
 
 
 def _sqlstate(error: BaseException) -> str | None:
@@ -98,13 +103,14 @@ def last_tick(executor: Executor, scope: str, job: str) -> datetime | None:
 @contextlib.contextmanager
 def fenced_transaction(executor: Executor, term: Term | int, scope: str | None = None,
                        idle_timeout_s: float | None = None) -> Iterator[Executor]:
-    """`executor.begin()`, then SET LOCAL idle_in_transaction_session_timeout below the term's
-    remaining time (or `idle_timeout_s`), then the fence; commits at the end of the block."""
-    timeout_ms = idle_timeout_ms(term, idle_timeout_s)
-    scope, token = scope_and_token(term, scope)
+    """`executor.begin()`, then its timeouts (SET LOCAL) below the term's remaining time (or
+    `idle_timeout_s`), then the fence; commits at the end of the block. What each timeout bounds:
+    `lease_sidecar_client.psycopg.fenced_transaction`. Not inside `begin_nested()`: a rollback to a
+    savepoint taken before the fence undoes it, row lock included."""
+    params = fenced_begin_params(term, scope, idle_timeout_s)
     with executor.begin():
-        with _stale_token_as_exception():  # one round trip: the timeout (SET LOCAL) and the fence
-            executor.execute(FENCED_BEGIN, {"timeout": str(timeout_ms), "scope": scope, "token": token})
+        with _stale_token_as_exception():  # one round trip: the timeouts (SET LOCAL) and the fence
+            executor.execute(FENCED_BEGIN, params)
         yield executor
 
 
@@ -138,9 +144,8 @@ async def afinish_tick(executor: Executor, term: Term | int, job: str, scheduled
 @contextlib.asynccontextmanager
 async def afenced_transaction(executor: Executor, term: Term | int, scope: str | None = None,
                               idle_timeout_s: float | None = None) -> AsyncIterator[Executor]:
-    timeout_ms = idle_timeout_ms(term, idle_timeout_s)
-    scope, token = scope_and_token(term, scope)
+    params = fenced_begin_params(term, scope, idle_timeout_s)
     async with executor.begin():
         with _stale_token_as_exception():
-            await executor.execute(FENCED_BEGIN, {"timeout": str(timeout_ms), "scope": scope, "token": token})
+            await executor.execute(FENCED_BEGIN, params)
         yield executor

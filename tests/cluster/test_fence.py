@@ -138,7 +138,7 @@ def test_a_higher_token_waits_for_the_open_lower_one_so_commits_come_in_token_or
     assert [tag for tag, _, _ in effects(dsn)] == ["old term, in flight", "new term"]
 
 
-def test_idle_in_transaction_timeout_kills_a_paused_writers_open_transaction(dsn: str) -> None:
+def test_the_server_ends_a_paused_writers_open_transaction(dsn: str) -> None:
     paused = psycopg.connect(dsn, autocommit=True)
     watcher = psycopg.connect(dsn, autocommit=True)
     try:
@@ -149,11 +149,149 @@ def test_idle_in_transaction_timeout_kills_a_paused_writers_open_transaction(dsn
             sidecars.wait_for(lambda: watcher.execute("SELECT count(*) FROM pg_stat_activity WHERE pid = %s",
                                                       (pid,)).fetchone() == (0,), PATIENCE_S, 0.05)
             # The commit at the end of the block fails on the dead connection.
-        assert isinstance(killed.value, psycopg.errors.IdleInTransactionSessionTimeout | psycopg.OperationalError)
+        # Ended by the idle timeout, or on PostgreSQL 17+ by transaction_timeout (same value, started
+        # first); or the commit found the connection closed.
+        assert isinstance(killed.value, psycopg.errors.IdleInTransactionSessionTimeout
+                          | psycopg.errors.TransactionTimeout | psycopg.OperationalError)
     finally:
         paused.close()
         watcher.close()
     assert effects(dsn) == []
+
+
+TRANSACTION_TIMEOUT_SINCE = 170000  # server_version_num of PostgreSQL 17, which added transaction_timeout
+
+
+def _server_has_transaction_timeout(conn: psycopg.Connection) -> bool:
+    return conn.info.server_version >= TRANSACTION_TIMEOUT_SINCE
+
+
+def _timeouts(conn: psycopg.Connection) -> tuple[str, str | None]:
+    row = conn.execute("SELECT current_setting('idle_in_transaction_session_timeout'),"
+                       " current_setting('transaction_timeout', true)").fetchone()
+    assert row is not None
+    return row[0], row[1]
+
+
+def test_the_fenced_transaction_sets_the_timeouts_this_server_has_for_itself_only(dsn: str) -> None:
+    """Both timeouts on PostgreSQL 17 or newer, the idle one alone before (where
+    transaction_timeout does not exist); SET LOCAL, so the session's own values come back after."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        with lease_pg.fenced_transaction(conn, term(5), idle_timeout_s=30):
+            idle, whole = _timeouts(conn)
+        assert idle == "30s"
+        if _server_has_transaction_timeout(conn):
+            assert whole == "30s"
+        else:
+            assert whole is None  # no such parameter: the helper did not try to set it
+        assert _timeouts(conn) == ("0", "0" if _server_has_transaction_timeout(conn) else None)
+        if _server_has_transaction_timeout(conn):
+            # A session's own stricter transaction_timeout is kept; a looser one gives way to the term's.
+            conn.execute("SET transaction_timeout = '5s'")
+            with lease_pg.fenced_transaction(conn, term(5), idle_timeout_s=30):
+                assert _timeouts(conn) == ("30s", "5s")
+            conn.execute("SET transaction_timeout = '10min'")
+            with lease_pg.fenced_transaction(conn, term(5), idle_timeout_s=30):
+                assert _timeouts(conn) == ("30s", "30s")
+            assert _timeouts(conn) == ("0", "10min")
+
+
+def test_a_busy_transaction_outlives_the_idle_timeout_and_only_transaction_timeout_ends_it(dsn: str) -> None:
+    """What bounds what: the idle timeout counts only the time between statements, so a statement
+    that runs longer than it (here pg_sleep, as a slow job or a lock wait would) is not ended by it;
+    PostgreSQL 17's transaction_timeout ends the transaction whatever it does."""
+    timeout_s, busy_s = 2.0, 3.0
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        has_transaction_timeout = _server_has_transaction_timeout(conn)
+        try:
+            with lease_pg.fenced_transaction(conn, term(5), idle_timeout_s=timeout_s):
+                conn.execute("SELECT pg_sleep(%s)", (busy_s,))
+                write(conn, "busy past the timeout", 5)
+            ended = None
+        except psycopg.Error as error:
+            ended = error
+    if has_transaction_timeout:
+        assert ended is not None and effects(dsn) == []
+    else:
+        assert ended is None, ended
+        assert [tag for tag, _, _ in effects(dsn)] == ["busy past the timeout"]
+
+
+def _scope_is_locked(watcher: psycopg.Connection, scope: str = "ns/app") -> bool:
+    """Whether an open transaction holds the scope's fence row lock (asked without waiting)."""
+    try:
+        with watcher.transaction():
+            watcher.execute("SELECT 1 FROM lease_fence_scopes WHERE scope = %s FOR UPDATE NOWAIT", (scope,))
+        return False
+    except psycopg.errors.LockNotAvailable:
+        return True
+
+
+class _Retry(Exception):
+    pass
+
+
+def test_a_rollback_to_a_savepoint_taken_before_the_fence_undoes_the_fence_and_its_row_lock(dsn: str) -> None:
+    """PostgreSQL releases the locks a subtransaction took, row locks included, when it rolls back to
+    the savepoint before them. A fence inside a savepoint that is rolled back then no longer orders
+    the transaction's later writes: a newer term commits meanwhile, and the old write lands after it."""
+    with psycopg.connect(dsn, autocommit=True) as setup:
+        with lease_pg.fenced_transaction(setup, term(5)):
+            pass  # the scope exists at 5
+    old = psycopg.connect(dsn, autocommit=True)
+    new = psycopg.connect(dsn, autocommit=True)
+    watcher = psycopg.connect(dsn, autocommit=True)
+    try:
+        new.execute("SET lock_timeout = '20s'")  # were the row still locked, its fence fails, never hangs
+        with old.transaction():  # the app's own transaction ...
+            with pytest.raises(_Retry), lease_pg.fenced_transaction(old, term(5)):  # ... makes this a savepoint
+                assert _scope_is_locked(watcher)
+                raise _Retry  # a step the app retries: psycopg rolls back to the savepoint
+            assert not _scope_is_locked(watcher)  # the fence is gone with its savepoint
+            write(old, "old term, after the rollback to its savepoint", 5)
+            with lease_pg.fenced_transaction(new, term(6)):  # does not wait for the old transaction
+                write(new, "new term", 6)
+        # The old transaction committed after the new term's: unfenced, its write landed late.
+        with pytest.raises(StaleToken), lease_pg.fenced_transaction(old, term(5)):
+            pass
+    finally:
+        for conn in (old, new, watcher):
+            conn.close()
+    assert sorted(tag for tag, _, _ in effects(dsn)) == ["new term", "old term, after the rollback to its savepoint"]
+
+
+def test_a_fence_outside_the_savepoints_keeps_its_row_lock_through_their_rollbacks(dsn: str) -> None:
+    """The rule for users: fence in the top-level transaction, before any savepoint (or after the
+    last rollback to one). Savepoints rolled back after the fence, or released, keep its lock."""
+    with psycopg.connect(dsn, autocommit=True) as setup:
+        with lease_pg.fenced_transaction(setup, term(5)):
+            pass
+    conn = psycopg.connect(dsn, autocommit=True)
+    watcher = psycopg.connect(dsn, autocommit=True)
+    try:
+        with lease_pg.fenced_transaction(conn, term(5)):
+            with pytest.raises(_Retry), conn.transaction():  # a savepoint after the fence, rolled back
+                lease_pg.fence(conn, term(5))  # even a second fence inside it
+                write(conn, "rolled back", 5)
+                raise _Retry
+            assert _scope_is_locked(watcher)
+            with conn.transaction():  # a savepoint released (its locks pass to the transaction)
+                write(conn, "kept", 5)
+            assert _scope_is_locked(watcher)
+        with conn.transaction():
+            with pytest.raises(_Retry), conn.transaction():
+                raise _Retry
+            lease_pg.fence(conn, term(5))  # after the last rollback to a savepoint
+            assert _scope_is_locked(watcher)
+        with conn.transaction():  # a fence inside a savepoint that is released, not rolled back
+            with conn.transaction():
+                lease_pg.fence(conn, term(5))
+            assert _scope_is_locked(watcher)
+        assert not _scope_is_locked(watcher)
+    finally:
+        conn.close()
+        watcher.close()
+    assert [tag for tag, _, _ in effects(dsn)] == ["kept"]
 
 
 def test_a_term_with_no_time_left_does_not_start_a_transaction(dsn: str) -> None:

@@ -15,6 +15,16 @@
 -- transaction can only roll back. Tokens of a scope only go up; lease_fence_reset(scope) is the
 -- only way down (for an etcd restored from a backup, whose tokens restart lower).
 --
+-- Timeouts: a writer paused inside its fenced transaction keeps the row lock (and may commit after
+-- its term). End it with SET LOCAL idle_in_transaction_session_timeout below the term's remaining
+-- time (it counts only idle time between statements) and, on PostgreSQL 17 or newer, SET LOCAL
+-- transaction_timeout (the whole transaction), as the Python helpers do.
+--
+-- Savepoints: rolling back to a savepoint taken before lease_fence() undoes the fence and releases
+-- its row lock, so the transaction's later writes are not fenced. Call it in the top-level
+-- transaction before any savepoint (or after the last rollback to one); a PL/pgSQL block with an
+-- EXCEPTION clause is a savepoint too.
+--
 -- Isolation: written for READ COMMITTED (PostgreSQL's default), where a fence that waited on the
 -- lock sees the token committed meanwhile. Under REPEATABLE READ or SERIALIZABLE a concurrent raise
 -- of the token surfaces as a serialization failure (SQLSTATE 40001): roll back and retry, and the
