@@ -1,5 +1,6 @@
 """The fence and the tick ledger from SQLAlchemy 2 (extra `sqlalchemy`) on PostgreSQL, for a
-Connection or a Session (and AsyncConnection / AsyncSession, prefixed `a`).
+Connection or a Session (and AsyncConnection / AsyncSession, prefixed `a`: extra
+`sqlalchemy-asyncio`, SQLAlchemy's own `asyncio` extra, which brings greenlet).
 
     from lease_sidecar_client import current_term
     from lease_sidecar_client import sqlalchemy as lease_sa

@@ -381,6 +381,48 @@ def test_sqlalchemy_fences_and_claims_like_psycopg(dsn: str) -> None:
     assert [tag for tag, _, _ in effects(dsn)] == ["sa"]
 
 
+async def test_sqlalchemy_async_twins_fence_and_claim_on_an_async_engine(dsn: str) -> None:
+    """The async twins through SQLAlchemy's asyncio extension (greenlet), psycopg 3's async driver:
+    an AsyncConnection and an AsyncSession, the timeouts and the fence in one statement, a stale
+    token mapped to StaleToken from SQLAlchemy's wrapped driver error."""
+    from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
+
+    engine = create_async_engine(dsn.replace("postgresql://", "postgresql+psycopg://"))
+    tick = datetime(2026, 1, 1, tzinfo=UTC)
+    try:
+        async with engine.connect() as conn:
+            async with lease_sa.afenced_transaction(conn, term(40), idle_timeout_s=30):
+                idle = (await conn.execute(sqlalchemy.text(
+                    "SELECT current_setting('idle_in_transaction_session_timeout')"))).scalar()
+                assert idle == "30s"
+                assert await lease_sa.aclaim_tick(conn, term(40), "job", tick)
+                await conn.execute(sqlalchemy.text("INSERT INTO effects (tag, token) VALUES ('async sa', 40)"))
+            async with lease_sa.afenced_transaction(conn, term(40)):
+                assert not await lease_sa.aclaim_tick(conn, term(40), "job", tick)  # claimed once, ever
+            async with conn.begin():
+                assert await lease_sa.afinish_tick(conn, term(40), "job", tick)
+                assert await lease_sa.afence(conn, term(41)) == 41
+            with pytest.raises(StaleToken) as refused:
+                async with lease_sa.afenced_transaction(conn, term(40)):
+                    await conn.execute(sqlalchemy.text("INSERT INTO effects (tag, token) VALUES ('stale', 40)"))
+            assert isinstance(refused.value.__cause__, sqlalchemy.exc.DBAPIError)
+            with pytest.raises(StaleToken):
+                async with conn.begin():
+                    await lease_sa.aclaim_tick(conn, term(39), "job", tick + timedelta(seconds=1))
+        async with AsyncSession(engine) as session:
+            async with lease_sa.afenced_transaction(session, term(41)):
+                await session.execute(sqlalchemy.text("INSERT INTO effects (tag, token) VALUES ('async session', 41)"))
+            with pytest.raises(StaleToken):
+                async with lease_sa.afenced_transaction(session, term(40)):
+                    await session.execute(sqlalchemy.text("INSERT INTO effects (tag, token) VALUES ('stale', 40)"))
+    finally:
+        await engine.dispose()
+    assert [tag for tag, _, _ in effects(dsn)] == ["async sa", "async session"]
+    with psycopg.connect(dsn) as check:
+        assert check.execute("SELECT token FROM lease_fence_scopes WHERE scope = 'ns/app'").fetchone() == (41,)
+        assert lease_pg.unfinished_ticks(check) == []
+
+
 async def test_async_psycopg_twins(dsn: str) -> None:
     async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
         tick = datetime(2026, 1, 1, tzinfo=UTC)
