@@ -1,15 +1,22 @@
-"""What the PostgreSQL helpers share, standard library only (psycopg and SQLAlchemy users alike)."""
+"""What the PostgreSQL helpers share, standard library only: the SQL they send, the parameters
+they build, how they read the answers and map a stale token's error. `psycopg` and `sqlalchemy`,
+each in a blocking and an asyncio flavour, are thin shells around it that only do the I/O (as
+psycopg and redis-py keep their sync and async clients over one shared core)."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
 
 from . import sql_path
-from ._term import Term, TermEnded
+from ._term import StaleToken, Term, TermEnded
 
 STALE_TOKEN_SQLSTATE = "LF001"
 INSTALL_LOCK_KEY = 0x1EA5E_FE4CE  # one installer at a time (CREATE ... IF NOT EXISTS races otherwise)
+INSTALL_LOCK_SQL = f"SELECT pg_advisory_xact_lock({INSTALL_LOCK_KEY:d})"
 MIN_TIMEOUT_MS = 1  # 0 would switch a timeout off
 IDLE_TIMEOUT_SHARE = 0.9
 """Of the term's remaining time, the share a fenced transaction is given: below the TTL, so the
@@ -82,5 +89,65 @@ def fenced_begin_sql(placeholder: Callable[[str], str]) -> str:
 def fenced_begin_params(term: Term | int, scope: str | None, idle_timeout_s: float | None) -> dict[str, object]:
     """The parameters of `fenced_begin_sql`; TermEnded if the term has no time left."""
     timeout_ms = idle_timeout_ms(term, idle_timeout_s)
+    return {"timeout_ms": timeout_ms, **fence_params(term, scope)}
+
+
+Placeholder = Callable[[str], str]
+"""Spells a named parameter in a driver's style: psycopg `%(name)s`, SQLAlchemy `:name`."""
+
+
+@dataclass(frozen=True)
+class Statements:
+    """The helpers' SQL in one driver's parameter style; parameters as the `*_params` below."""
+
+    fenced_begin: str
+    fence: str
+    claim_tick: str
+    finish_tick: str
+    last_tick: str
+    unfinished_ticks: str
+    unfinished_ticks_of_scope: str
+
+
+def statements(placeholder: Placeholder) -> Statements:
+    p = placeholder
+    tick = f"{p('scope')}, {p('job')}, {p('scheduled_at')}, {p('token')}"
+    unfinished = "SELECT scope, job, scheduled_at, token, claimed_at FROM lease_unfinished_ticks"
+    return Statements(
+        fenced_begin=fenced_begin_sql(placeholder),
+        fence=f"SELECT lease_fence({p('scope')}, {p('token')})",
+        claim_tick=f"SELECT lease_claim_tick({tick})",
+        finish_tick=f"SELECT lease_finish_tick({tick})",
+        last_tick=f"SELECT max(scheduled_at) FROM lease_tick_ledger WHERE scope = {p('scope')} AND job = {p('job')}",
+        unfinished_ticks=f"{unfinished} ORDER BY scheduled_at",
+        unfinished_ticks_of_scope=f"{unfinished} WHERE scope = {p('scope')} ORDER BY scheduled_at",
+    )
+
+
+def fence_params(term: Term | int, scope: str | None) -> dict[str, Any]:
     scope, token = scope_and_token(term, scope)
-    return {"timeout_ms": timeout_ms, "scope": scope, "token": token}
+    return {"scope": scope, "token": token}
+
+
+def tick_params(term: Term | int, job: str, scheduled_at: datetime, scope: str | None) -> dict[str, Any]:
+    return {**fence_params(term, scope), "job": job, "scheduled_at": scheduled_at}
+
+
+def last_tick_params(scope: str, job: str) -> dict[str, Any]:
+    return {"scope": scope, "job": job}
+
+
+def unfinished_ticks_query(sql: Statements, scope: str | None) -> tuple[str, dict[str, Any]]:
+    if scope is None:
+        return sql.unfinished_ticks, {}
+    return sql.unfinished_ticks_of_scope, {"scope": scope}
+
+
+def first_value(row: Sequence[Any] | None) -> Any:
+    """The one column of a one-row answer (None for no row)."""
+    return row[0] if row else None
+
+
+def stale_token(sqlstate: str | None, message: object) -> StaleToken | None:
+    """The StaleToken a driver's error stands for, or None if it is another error."""
+    return StaleToken(str(message).strip()) if sqlstate == STALE_TOKEN_SQLSTATE else None

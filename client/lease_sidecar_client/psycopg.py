@@ -22,13 +22,18 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 
 from ._fence import (
-    INSTALL_LOCK_KEY,
+    INSTALL_LOCK_SQL,
     STALE_TOKEN_SQLSTATE,
+    fence_params,
     fenced_begin_params,
-    fenced_begin_sql,
+    first_value,
     idle_timeout_ms,
-    scope_and_token,
+    last_tick_params,
     sql_text,
+    stale_token,
+    statements,
+    tick_params,
+    unfinished_ticks_query,
 )
 from ._term import StaleToken, Term
 
@@ -41,7 +46,8 @@ __all__ = [
     "idle_timeout_ms", "install", "last_tick", "missed_ticks", "unfinished_ticks",
 ]
 
-FENCED_BEGIN = fenced_begin_sql(lambda name: f"%({name})s")
+SQL = statements(lambda name: f"%({name})s")
+FENCED_BEGIN = SQL.fenced_begin
 
 
 @contextlib.contextmanager
@@ -49,8 +55,9 @@ def _stale_token_as_exception() -> Iterator[None]:
     try:
         yield
     except psycopg.Error as error:
-        if getattr(error, "sqlstate", None) == STALE_TOKEN_SQLSTATE:
-            raise StaleToken(str(error).strip()) from error
+        refused = stale_token(getattr(error, "sqlstate", None), error)
+        if refused is not None:
+            raise refused from error
         raise
 
 
@@ -60,34 +67,32 @@ def _stale_token_as_exception() -> Iterator[None]:
 def install(conn: psycopg.Connection[Any]) -> None:
     """Creates or upgrades the fence and ledger (idempotent; safe from many processes at once)."""
     with conn.transaction():
-        conn.execute("SELECT pg_advisory_xact_lock(%s)", (INSTALL_LOCK_KEY,))
+        conn.execute(INSTALL_LOCK_SQL)
         conn.execute(sql_text().encode())
 
 
 def fence(conn: psycopg.Connection[Any], term: Term | int, scope: str | None = None) -> int:
     """`lease_fence(scope, token)` in the connection's current transaction: StaleToken if a higher
-    token was seen in this scope. Its row lock is held until the transaction ends."""
-    scope, token = scope_and_token(term, scope)
+    token was seen in this scope. Its row lock is held until the transaction ends (or until a
+    rollback to a savepoint taken before it: see `fenced_transaction`)."""
+    params = fence_params(term, scope)
     with _stale_token_as_exception():
-        conn.execute("SELECT lease_fence(%s, %s)", (scope, token))
-    return token
+        conn.execute(SQL.fence, params)
+    return params["token"]
 
 
 def claim_tick(conn: psycopg.Connection[Any], term: Term | int, job: str, scheduled_at: datetime,
                scope: str | None = None) -> bool:
     """Fences and claims (job, scheduled_at): True for the one call that claims it, ever."""
-    scope, token = scope_and_token(term, scope)
     with _stale_token_as_exception():
-        row = conn.execute("SELECT lease_claim_tick(%s, %s, %s, %s)", (scope, job, scheduled_at, token)).fetchone()
-    return bool(row and row[0])
+        row = conn.execute(SQL.claim_tick, tick_params(term, job, scheduled_at, scope)).fetchone()
+    return bool(first_value(row))
 
 
 def finish_tick(conn: psycopg.Connection[Any], term: Term | int, job: str, scheduled_at: datetime,
                 scope: str | None = None) -> bool:
     """Marks a tick this token claimed as finished; False if it was not (or already finished)."""
-    scope, token = scope_and_token(term, scope)
-    row = conn.execute("SELECT lease_finish_tick(%s, %s, %s, %s)", (scope, job, scheduled_at, token)).fetchone()
-    return bool(row and row[0])
+    return bool(first_value(conn.execute(SQL.finish_tick, tick_params(term, job, scheduled_at, scope)).fetchone()))
 
 
 @contextlib.contextmanager
@@ -107,24 +112,19 @@ def fenced_transaction(conn: psycopg.Connection[Any], term: Term | int, scope: s
     params = fenced_begin_params(term, scope, idle_timeout_s)
     with conn.transaction():
         with _stale_token_as_exception():  # one round trip: the timeouts (SET LOCAL) and the fence
-            conn.execute(FENCED_BEGIN, params)
+            conn.execute(SQL.fenced_begin, params)
         yield conn
 
 
 def last_tick(conn: psycopg.Connection[Any], scope: str, job: str) -> datetime | None:
     """The latest tick of `job` claimed in `scope` (any term), or None."""
-    row = conn.execute("SELECT max(scheduled_at) FROM lease_tick_ledger WHERE scope = %s AND job = %s",
-                       (scope, job)).fetchone()
-    return row[0] if row else None
+    return first_value(conn.execute(SQL.last_tick, last_tick_params(scope, job)).fetchone())
 
 
 def unfinished_ticks(conn: psycopg.Connection[Any], scope: str | None = None) -> list[tuple[str, str, datetime, int,
                                                                                           datetime]]:
     """Claimed, never finished: (scope, job, scheduled_at, token, claimed_at), oldest first."""
-    query = "SELECT scope, job, scheduled_at, token, claimed_at FROM lease_unfinished_ticks"
-    if scope is None:
-        return conn.execute(query + " ORDER BY scheduled_at").fetchall()
-    return conn.execute(query + " WHERE scope = %s ORDER BY scheduled_at", (scope,)).fetchall()
+    return conn.execute(*unfinished_ticks_query(SQL, scope)).fetchall()
 
 
 def missed_ticks(conn: psycopg.Connection[Any], scope: str, job: str, schedule: Schedule, now: datetime,
@@ -136,37 +136,34 @@ def missed_ticks(conn: psycopg.Connection[Any], scope: str, job: str, schedule: 
     return plan(schedule, last_tick(conn, scope, job), now, misfire_grace_s=misfire_grace_s, coalesce=coalesce)
 
 
-# ---------------------------------------------------------------- asyncio
+# ---------------------------------------------------------------- asyncio: the same, awaited
 
 
 async def ainstall(conn: psycopg.AsyncConnection[Any]) -> None:
     async with conn.transaction():
-        await conn.execute("SELECT pg_advisory_xact_lock(%s)", (INSTALL_LOCK_KEY,))
+        await conn.execute(INSTALL_LOCK_SQL)
         await conn.execute(sql_text().encode())
 
 
 async def afence(conn: psycopg.AsyncConnection[Any], term: Term | int, scope: str | None = None) -> int:
-    scope, token = scope_and_token(term, scope)
+    params = fence_params(term, scope)
     with _stale_token_as_exception():
-        await conn.execute("SELECT lease_fence(%s, %s)", (scope, token))
-    return token
+        await conn.execute(SQL.fence, params)
+    return params["token"]
 
 
 async def aclaim_tick(conn: psycopg.AsyncConnection[Any], term: Term | int, job: str, scheduled_at: datetime,
                       scope: str | None = None) -> bool:
-    scope, token = scope_and_token(term, scope)
     with _stale_token_as_exception():
-        cursor = await conn.execute("SELECT lease_claim_tick(%s, %s, %s, %s)", (scope, job, scheduled_at, token))
+        cursor = await conn.execute(SQL.claim_tick, tick_params(term, job, scheduled_at, scope))
         row = await cursor.fetchone()
-    return bool(row and row[0])
+    return bool(first_value(row))
 
 
 async def afinish_tick(conn: psycopg.AsyncConnection[Any], term: Term | int, job: str, scheduled_at: datetime,
                        scope: str | None = None) -> bool:
-    scope, token = scope_and_token(term, scope)
-    cursor = await conn.execute("SELECT lease_finish_tick(%s, %s, %s, %s)", (scope, job, scheduled_at, token))
-    row = await cursor.fetchone()
-    return bool(row and row[0])
+    cursor = await conn.execute(SQL.finish_tick, tick_params(term, job, scheduled_at, scope))
+    return bool(first_value(await cursor.fetchone()))
 
 
 @contextlib.asynccontextmanager
@@ -175,21 +172,15 @@ async def afenced_transaction(conn: psycopg.AsyncConnection[Any], term: Term | i
     params = fenced_begin_params(term, scope, idle_timeout_s)
     async with conn.transaction():
         with _stale_token_as_exception():
-            await conn.execute(FENCED_BEGIN, params)
+            await conn.execute(SQL.fenced_begin, params)
         yield conn
 
 
 async def alast_tick(conn: psycopg.AsyncConnection[Any], scope: str, job: str) -> datetime | None:
-    cursor = await conn.execute("SELECT max(scheduled_at) FROM lease_tick_ledger WHERE scope = %s AND job = %s",
-                                (scope, job))
-    row = await cursor.fetchone()
-    return row[0] if row else None
+    cursor = await conn.execute(SQL.last_tick, last_tick_params(scope, job))
+    return first_value(await cursor.fetchone())
 
 
 async def aunfinished_ticks(conn: psycopg.AsyncConnection[Any], scope: str | None = None) -> list[Any]:
-    query = "SELECT scope, job, scheduled_at, token, claimed_at FROM lease_unfinished_ticks"
-    if scope is None:
-        cursor = await conn.execute(query + " ORDER BY scheduled_at")
-    else:
-        cursor = await conn.execute(query + " WHERE scope = %s ORDER BY scheduled_at", (scope,))
+    cursor = await conn.execute(*unfinished_ticks_query(SQL, scope))
     return await cursor.fetchall()

@@ -24,12 +24,15 @@ import sqlalchemy
 from sqlalchemy import exc, text
 
 from ._fence import (
-    INSTALL_LOCK_KEY,
+    INSTALL_LOCK_SQL,
     STALE_TOKEN_SQLSTATE,
+    fence_params,
     fenced_begin_params,
-    fenced_begin_sql,
-    scope_and_token,
+    last_tick_params,
     sql_text,
+    stale_token,
+    statements,
+    tick_params,
 )
 from ._term import StaleToken, Term
 
@@ -37,10 +40,17 @@ __all__ = ["StaleToken", "aclaim_tick", "afence", "afenced_transaction", "afinis
            "fenced_transaction", "finish_tick", "install", "last_tick"]
 
 Executor = Any  # sqlalchemy Connection or orm Session (both have .execute and .begin)
-FENCED_BEGIN = text(fenced_begin_sql(lambda name: f":{name}"))
+SQL = statements(lambda name: f":{name}")
+FENCED_BEGIN = text(SQL.fenced_begin)
+FENCE = text(SQL.fence)
+CLAIM_TICK = text(SQL.claim_tick)
+FINISH_TICK = text(SQL.finish_tick)
+LAST_TICK = text(SQL.last_tick)
 
 
 def _sqlstate(error: BaseException) -> str | None:
+    """The SQLSTATE of the driver's error SQLAlchemy wrapped, whatever the driver: psycopg 3 and
+    asyncpg say `sqlstate`, psycopg2 `pgcode`; else LF001 if its message names it."""
     original = getattr(error, "orig", None)
     for name in ("sqlstate", "pgcode"):
         state = getattr(original, name, None)
@@ -54,8 +64,9 @@ def _stale_token_as_exception() -> Iterator[None]:
     try:
         yield
     except exc.DBAPIError as error:
-        if _sqlstate(error) == STALE_TOKEN_SQLSTATE:
-            raise StaleToken(str(error.orig).strip()) from error
+        refused = stale_token(_sqlstate(error), error.orig)
+        if refused is not None:
+            raise refused from error
         raise
 
 
@@ -67,7 +78,7 @@ def install(engine: sqlalchemy.Engine) -> None:
         assert raw is not None
         cursor = raw.cursor()
         try:
-            cursor.execute(f"SELECT pg_advisory_xact_lock({INSTALL_LOCK_KEY:d})")
+            cursor.execute(INSTALL_LOCK_SQL)
             cursor.execute(sql_text())
             raw.commit()
         finally:
@@ -75,30 +86,25 @@ def install(engine: sqlalchemy.Engine) -> None:
 
 
 def fence(executor: Executor, term: Term | int, scope: str | None = None) -> int:
-    scope, token = scope_and_token(term, scope)
+    params = fence_params(term, scope)
     with _stale_token_as_exception():
-        executor.execute(text("SELECT lease_fence(:scope, :token)"), {"scope": scope, "token": token})
-    return token
+        executor.execute(FENCE, params)
+    return params["token"]
 
 
 def claim_tick(executor: Executor, term: Term | int, job: str, scheduled_at: datetime,
                scope: str | None = None) -> bool:
-    scope, token = scope_and_token(term, scope)
     with _stale_token_as_exception():
-        return bool(executor.execute(text("SELECT lease_claim_tick(:scope, :job, :at, :token)"),
-                                     {"scope": scope, "job": job, "at": scheduled_at, "token": token}).scalar())
+        return bool(executor.execute(CLAIM_TICK, tick_params(term, job, scheduled_at, scope)).scalar())
 
 
 def finish_tick(executor: Executor, term: Term | int, job: str, scheduled_at: datetime,
                 scope: str | None = None) -> bool:
-    scope, token = scope_and_token(term, scope)
-    return bool(executor.execute(text("SELECT lease_finish_tick(:scope, :job, :at, :token)"),
-                                 {"scope": scope, "job": job, "at": scheduled_at, "token": token}).scalar())
+    return bool(executor.execute(FINISH_TICK, tick_params(term, job, scheduled_at, scope)).scalar())
 
 
 def last_tick(executor: Executor, scope: str, job: str) -> datetime | None:
-    return executor.execute(text("SELECT max(scheduled_at) FROM lease_tick_ledger WHERE scope = :scope AND job = :job"),
-                            {"scope": scope, "job": job}).scalar()
+    return executor.execute(LAST_TICK, last_tick_params(scope, job)).scalar()
 
 
 @contextlib.contextmanager
@@ -119,26 +125,22 @@ def fenced_transaction(executor: Executor, term: Term | int, scope: str | None =
 
 
 async def afence(executor: Executor, term: Term | int, scope: str | None = None) -> int:
-    scope, token = scope_and_token(term, scope)
+    params = fence_params(term, scope)
     with _stale_token_as_exception():
-        await executor.execute(text("SELECT lease_fence(:scope, :token)"), {"scope": scope, "token": token})
-    return token
+        await executor.execute(FENCE, params)
+    return params["token"]
 
 
 async def aclaim_tick(executor: Executor, term: Term | int, job: str, scheduled_at: datetime,
                       scope: str | None = None) -> bool:
-    scope, token = scope_and_token(term, scope)
     with _stale_token_as_exception():
-        result = await executor.execute(text("SELECT lease_claim_tick(:scope, :job, :at, :token)"),
-                                        {"scope": scope, "job": job, "at": scheduled_at, "token": token})
+        result = await executor.execute(CLAIM_TICK, tick_params(term, job, scheduled_at, scope))
     return bool(result.scalar())
 
 
 async def afinish_tick(executor: Executor, term: Term | int, job: str, scheduled_at: datetime,
                        scope: str | None = None) -> bool:
-    scope, token = scope_and_token(term, scope)
-    result = await executor.execute(text("SELECT lease_finish_tick(:scope, :job, :at, :token)"),
-                                    {"scope": scope, "job": job, "at": scheduled_at, "token": token})
+    result = await executor.execute(FINISH_TICK, tick_params(term, job, scheduled_at, scope))
     return bool(result.scalar())
 
 

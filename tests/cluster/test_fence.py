@@ -615,5 +615,17 @@ async def test_redis_async_fence(redis_url: str) -> None:
         with pytest.raises(StaleToken):
             await fence.set(term(2, scope), key, "two")
         assert await client.get(key) == "three"
+        # The rest of the blocking fence's writes, awaited: each checked, the stale one not applied.
+        log, count, info = (f"{name}:{{{scope}}}" for name in ("log", "count", "info"))
+        assert await fence.rpush(term(3, scope), log, "a", "b") == 2
+        assert await fence.incrby(term(4, scope), count, 5) == 5
+        assert await fence.hset(term(4, scope), info, {"by": "four", "at": "now"}) == 2
+        with pytest.raises(StaleToken):
+            await fence.incrby(term(3, scope), count, 1)
+        assert await client.get(count) == "5"
+        assert await fence.token() == 4
+        await fence.check(term(4, scope))
+        assert await fence.delete(term(4, scope), log, count) == 2
+        assert await fence.reset() and await fence.token() is None
     finally:
         await client.aclose()
