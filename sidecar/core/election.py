@@ -30,7 +30,8 @@ Leader
   view says standby from that very moment (the driver arms a timer for it, as for the renew
   deadline), and nothing brings that term back: not a late heartbeat, not a renewal or read that
   was in flight. The next action releases (naming a successor, H1); after a sit-out of 0 the
-  candidate may campaign again at once, in a new term.
+  candidate may campaign again at once, in a new term. With an app heartbeat TTL, the deadline the
+  app is told never goes past that lapse (P1), so the release needs no wait for it (P2).
 
 Candidate: fences. A *fence* is a local time before which some holder may still believe it leads.
 A candidate writes a new term only when every fence has passed. On each observed *change* of the
@@ -83,9 +84,34 @@ Drain (issue 18 item 6, `--handover-drain-timeout`)
 * D1. With a drain timeout, a graceful release (close, a hand-over request) does not end the term
   at once: the leader goes on leading and renewing, with `draining` published, until the app
   resigns (its work done: L3 ends the term) or the timeout passes; then the term ends and the
-  release is written as in H1. Nothing else changes: the renew deadline still ends the term if
-  renewals fail (L1), and any observation that ends it ends the drain too. It adds a wait before
-  a release, never a write, so the rules above hold as they are.
+  release is written as in H1. The timeout counts from the drain's start, but the drain lasts at
+  least until the deadline already published to the app when it began (P2): the app never
+  acknowledged, so it may act until then; while draining, the published deadline is at most the
+  drain's end (P1). So a drain that times out releases at once, with nothing outstanding. Nothing
+  else changes: the renew deadline still ends the term if renewals fail (L1), and any observation
+  that ends it ends the drain too. It adds a wait before a release, never a write, so the rules
+  above hold as they are.
+
+The app's deadline (review finding S1)
+* P1. The deadline published to the app (`valid_until_monotonic` in /leader, the event streams and
+  status.json: `lead_until_mono`, which the app's client self-fences on) is the earliest of the
+  renew deadline (L1); with an app heartbeat TTL, the app's last heartbeat + that TTL (L3 ends
+  the term then anyway); while draining, the drain's end (D1). The term is led until exactly that
+  moment (`is_leader`), so what the app is told and what the sidecar claims are the same.
+* P2. A release is written only once every deadline published for its term has passed (the
+  latest the status board showed: `publish`), unless the app gave the term up itself: a resign
+  since the term began, which is also how it acknowledges a drain. A release lets another
+  candidate take the Lease at once (R), so without this the app could still act on a deadline it
+  was told while another leader acts. By P1 the wait is nothing after an app TTL lapse or a drain
+  that timed out; it is the remaining deadline (at most the renew deadline) after a SIGTERM or a
+  hand-over request without a drain to an app that did not resign. A cooperating app (resign on
+  SIGTERM, resign when draining) hands over in one write, at once, as before. The wait delays a
+  hand-over, never makes it less safe: until the release, rivals' fences for our last renewal
+  (F1) outlast its renew deadline anyway. It binds only what was published: an Elector whose view
+  nobody publishes to an app (keyed locks, whose owners are told K2's deadline) releases at once.
+  What is published always includes status.json in the role directory, rewritten at every
+  heartbeat, so every leader of the election has a published deadline, whether or not an app
+  ever asked the local API: the sidecar cannot know that nobody read the file.
 
 Safety argument. Take any holder H (duration d, deadline D < d) and its last successful write W,
 started at s: H leads until at most s + D. Any state a candidate C observes after W (W's record,
@@ -101,7 +127,8 @@ a later change, the Lease's absence) exists only after W started, so C observes 
   another holder's record instead, that holder acquired it by compare-and-swap after passing its
   own fences, which covered H (by induction); only a third party's overwrite breaks this.
   An empty record replacing an empty one says nothing new about holders and sets no fence.
-- H released: H published standby before writing the release (close() ends the term first).
+- H released: H published standby before writing the release (close() ends the term first),
+  and every deadline H's app was told had passed by then, unless the app resigned (P2).
 So C's write starts after H's deadline. Writes are compare-and-swap on the version read, so among
 candidates past their fences one wins, and the rest observe it (F1). Assumed: monotonic clocks of
 the nodes run at the same rate within (d - D) / d; candidates of one Lease use lease durations no
@@ -165,7 +192,9 @@ class Write:
 class Wait:
     until_mono: float
     reason: str = field(default="", compare=False)
-    """Why, when it is a fence (for the log); empty for renewal intervals and backoff."""
+    """Why, when it is a fence or a held release (for the log); empty for renewal intervals and backoff."""
+    holds_release: bool = field(default=False, compare=False)
+    """P2: a release waits for the deadline the app was told (not a fence before taking the lease)."""
 
 
 @dataclass(frozen=True)
@@ -288,6 +317,8 @@ class Elector:
         self._drain_successor: str | None = None
         self._drain_closing = False
         """The drain ends in shutdown (close) rather than a hand-over to `_drain_successor`."""
+        self._promise: tuple[float, float] | None = None
+        """P2: (the term's start, the latest deadline published for it), until a new term begins."""
         self.members: list[Member] = []
         """The other candidates as the members view shows them, for choosing a successor."""
         self.own_revision = ""
@@ -297,7 +328,7 @@ class Elector:
 
     def is_leader(self, now_mono: float) -> bool:
         # Standby the moment the app's TTL passes or it resigns, and for good: see _app_ended.
-        return self._term is not None and not self._closing and now_mono < self.valid_until_mono \
+        return self._term is not None and not self._closing and now_mono < self.lead_until_mono \
             and self._app_ended(now_mono) is None
 
     def _app_ended(self, now_mono: float) -> str | None:
@@ -308,9 +339,31 @@ class Elector:
 
     @property
     def valid_until_mono(self) -> float:
+        """The renew deadline (L1); the app is told `lead_until_mono`, which is never later."""
         if self._term is None:
             return float("-inf")
         return self._term.last_renew_started_mono + self.config.renew_deadline
+
+    @property
+    def lead_until_mono(self) -> float:
+        """P1: the deadline published to the app, and the end of the term unless it is renewed: the
+        renew deadline, the app's TTL lapse, the drain's end, whichever comes first."""
+        until = self.valid_until_mono
+        app_until = self.gate.leading_until_mono()
+        if app_until is not None:
+            until = min(until, app_until)
+        if self._drain_until_mono is not None:
+            until = min(until, self._drain_until_mono)
+        return until
+
+    def publish(self, now_mono: float) -> ElectionView:
+        """The view, for a publisher that hands its deadline to the app (the status board: /leader,
+        the event streams, status.json): the deadline shown is a promise a release waits for (P2)."""
+        view = self.view(now_mono)
+        if view.valid_until_mono is not None and self._term is not None:
+            latest = self._promise[1] if self._promise is not None else float("-inf")
+            self._promise = (self._term.started.mono, max(latest, view.valid_until_mono))
+        return view
 
     def view(self, now_mono: float) -> ElectionView:
         leading = self.is_leader(now_mono)
@@ -324,19 +377,27 @@ class Elector:
         term = self._term if leading else None
         term_end = self._term_end
         if self._term is not None and not leading and not self._closing:
-            term_end = TermEnd(self._term.fencing_token,  # not yet noticed
-                               self._app_ended(now_mono) or "renew deadline passed")
+            term_end = TermEnd(self._term.fencing_token, self._unnoticed_end_reason(now_mono))
         return ElectionView(
             role=role,
             holder=holder,
             fencing_token=term.fencing_token if term else None,
             term_started=term.started if term else None,
-            valid_until_mono=self.valid_until_mono if term else None,
+            valid_until_mono=self.lead_until_mono if term else None,
             observed=self._last_observation,
             lease_observed=self._observed_ever,
             term_end=term_end,
             draining=leading and self._drain_until_mono is not None,
         )
+
+    def _unnoticed_end_reason(self, now_mono: float) -> str:
+        """Why the running term is over by `now_mono` though the Elector has not acted on it yet."""
+        app_ended = self._app_ended(now_mono)
+        if app_ended is not None:
+            return app_ended
+        if now_mono < self.valid_until_mono and self._drain_until_mono is not None:
+            return "shutting down" if self._drain_closing else f"handing over to {self._drain_successor}"
+        return "renew deadline passed"
 
     # ------------------------------------------------------------------ decisions
 
@@ -363,7 +424,7 @@ class Elector:
             if successor and not self._begin_drain(now, successor, closing=False):
                 # Standby first: the driver publishes this before it sends the release.
                 self._begin_handover(successor)
-                return self._release_write(now, timeout, successor)
+                return self._release_when_promise_kept(now, timeout, successor)
         if self._term is not None:
             due = self._term.last_renew_started_mono + self.config.renewal_interval_s
             if now.mono < due:
@@ -418,7 +479,8 @@ class Elector:
         if self._observed is None or not self._holds(self._observed.record):
             self._done = True
             return Done()
-        return self._release_write(now, timeout, self._handover_to or self.choose_successor(replacing_self=True))
+        return self._release_when_promise_kept(now, timeout,
+                                               self._handover_to or self.choose_successor(replacing_self=True))
 
     def _handover_action(self, now: Moment, timeout: float) -> Action | None:
         """Releasing to a successor: like closing, but back to standby afterwards (None: done)."""
@@ -426,9 +488,28 @@ class Elector:
             if self._needs_read:
                 return Wait(self._retry_at_mono) if now.mono < self._retry_at_mono else Read(timeout)
             if self._observed is not None and self._holds(self._observed.record):
-                return self._release_write(now, timeout, self._handover_to)
+                return self._release_when_promise_kept(now, timeout, self._handover_to)
         self._handing_over, self._handover_to = False, None  # released, or the lease will expire
         return None
+
+    def _release_when_promise_kept(self, now: Moment, timeout: float, successor: str | None) -> Write | Wait:
+        """P2: the release, once every deadline published to the app for its term has passed (or
+        the app resigned); until then a wait, which an app's resign (the driver wakes) cuts short."""
+        promised = self._outstanding_promise(now.mono)
+        if promised is not None:
+            return Wait(promised, "the app was told it leads until then; released then, or when it resigns",
+                        holds_release=True)
+        return self._release_write(now, timeout, successor)
+
+    def _outstanding_promise(self, now_mono: float) -> float | None:
+        """P2: the latest deadline published for the last term, if still ahead and not given up by
+        the app (a resign since that term began); else None."""
+        if self._promise is None:
+            return None
+        started_mono, until_mono = self._promise
+        if now_mono >= until_mono or self.gate.resigned_since(started_mono):
+            return None
+        return until_mono
 
     def _release_write(self, now: Moment, timeout: float, successor: str | None) -> Write:
         """client-go's release, naming the successor (only it may take the lease for a while);
@@ -464,7 +545,10 @@ class Elector:
         if self.config.handover_drain_timeout_s <= 0 or not self.is_leader(now.mono):
             return False
         if self._drain_until_mono is None:
-            self._drain_until_mono = now.mono + self.config.handover_drain_timeout_s
+            # D1, P2: the app was told a deadline before it heard of the drain; it lasts until then.
+            promised = self._outstanding_promise(now.mono)
+            self._drain_until_mono = max(now.mono + self.config.handover_drain_timeout_s,
+                                         promised if promised is not None else now.mono)
         self._drain_successor = self._drain_successor or successor
         self._drain_closing = self._drain_closing or closing
         return True
@@ -631,6 +715,7 @@ class Elector:
             self._held_token = token
             if action.kind == "acquire" and not self._closing:
                 self._term = Term(token, started, started.mono)
+                self._promise = None  # P2: a term of ours follows ours, nobody else's came between
                 self.stats.leader_elections_won += 1
             elif action.kind == "renew" and self._term is not None:
                 self._term = replace(self._term, last_renew_started_mono=started.mono)

@@ -118,11 +118,16 @@ class AppLiveness:
         """Why a term begun at `started_mono` has ended by `now_mono` on the app's account (None:
         the app lets it go on): a resign since it began, a lapse of the TTL since it began (even
         one a later heartbeat has covered), or a gate closed now."""
-        if self._resigned_mono is not None and self._resigned_mono >= started_mono:
+        if self.resigned_since(started_mono):
             return "resigned"
         if self._lapsed_mono is not None and self._lapsed_mono >= started_mono:
             return self._lapse_reason
         return self.blocked_reason(now_mono)
+
+    def resigned_since(self, started_mono: float) -> bool:
+        """Did the app resign at or after `started_mono`? A term begun then was given up by the app
+        itself (election.py P2: its release need not wait for the deadline the app was told)."""
+        return self._resigned_mono is not None and self._resigned_mono >= started_mono
 
     def leading_until_mono(self) -> float | None:
         """When the app's TTL lapses unless it heartbeats (None without a TTL or a heartbeat): the

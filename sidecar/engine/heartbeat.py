@@ -114,7 +114,7 @@ class BeatHeartbeat:
             if isinstance(action, Done):
                 return
             if isinstance(action, Wait):
-                self._log_fence(action)
+                self._log_wait(action)
                 await self._sleep_until(action.until_mono)
                 continue
             await self._perform(action)
@@ -184,16 +184,13 @@ class BeatHeartbeat:
     # ------------------------------------------------------------------ plumbing
 
     def _arm_deadline_timer(self) -> None:
-        """Publish at the renew deadline, and at the moment the app's heartbeat TTL lapses,
-        whatever the loops are doing, so the role file and the event streams flip to standby on
-        time even while a call is still in flight. (A heartbeat moves the app's moment: the timer
-        then fires early, publishes nothing new and is armed again.)"""
+        """Publish at the deadline the app was told (election.py P1: the renew deadline, the
+        moment the app's heartbeat TTL lapses, or a drain's end), whatever the loops are doing, so
+        the role file and the event streams flip to standby on time even while a call is still in
+        flight. (A heartbeat moves the app's moment: the timer then fires early, publishes nothing
+        new and is armed again.)"""
         now = self.clock.now().mono
-        deadline = None
-        if self.elector.is_leader(now):
-            app_until = self.elector.gate.leading_until_mono()
-            deadline = self.elector.valid_until_mono if app_until is None else min(
-                self.elector.valid_until_mono, app_until)
+        deadline = self.elector.lead_until_mono if self.elector.is_leader(now) else None
         if deadline == self._deadline_armed_for:
             return
         if self._deadline_timer is not None:
@@ -254,15 +251,21 @@ class BeatHeartbeat:
             kind = action.kind if isinstance(action, Write) else "read"
             log.error("API call failed", extra={"event": f"{kind}_failed", "error": str(error) or repr(error)})
 
-    def _log_fence(self, action: Wait) -> None:
-        """Say once why a standby holds back from a free or absent lease (rules F1-F3)."""
+    def _log_wait(self, action: Wait) -> None:
+        """Say once why a standby holds back from a free or absent lease (rules F1-F3), or why a
+        release is held back (P2: the app was told it leads until then)."""
         fence = (action.until_mono, action.reason)
         if not action.reason or fence == self._last_fence or action.reason.startswith("held by"):
             return
         self._last_fence = fence
-        log.info("waiting before taking the lease", extra={
-            "event": "fence", "reason": action.reason,
-            "wait_s": round(max(0.0, action.until_mono - self.clock.now().mono), 3)})
+        wait_s = round(max(0.0, action.until_mono - self.clock.now().mono), 3)
+        if action.holds_release:
+            log.warning("release held until the deadline the app was told", extra={
+                "event": "release_held", "reason": action.reason, "wait_s": wait_s,
+                "until_mono": action.until_mono})
+            return
+        log.info("waiting before taking the lease", extra={"event": "fence", "reason": action.reason,
+                                                            "wait_s": wait_s})
 
     def _publish(self) -> None:
         snapshot = self.board.snapshot()

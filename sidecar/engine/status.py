@@ -9,7 +9,9 @@ ten thousand small coroutines and nothing per change beyond waking them.
 Deadlines are given twice: `valid_until` (wall clock, for people) and `valid_until_monotonic`
 (this node's CLOCK_MONOTONIC, which every container of the pod shares: `time.monotonic()` in the
 app reads the same clock), plus `valid_for_seconds`, the time left at the moment of the answer.
-An app fences itself by the monotonic one: a wall clock stepped backwards cannot extend it.
+An app fences itself by the monotonic one: a wall clock stepped backwards cannot extend it. Every
+deadline shown here is a promise: the election writes no release before it has passed, unless the
+app resigns (election.py P2), so the board asks the Elector through `publish`, not `view`.
 """
 
 from __future__ import annotations
@@ -67,7 +69,7 @@ class StatusBoard:
         Publishes (version bump, waiters, listeners) whenever role, holder or token changed, and
         tells the listeners alone when the app's liveness changed."""
         now = self._clock.now()
-        view = self._elector.view(now.mono)
+        view = self._elector.publish(now.mono)  # what goes out binds a later release (election.py P2)
         draining = bool(self._draining())
         # A drain starting is news the app must hear at once (it should finish and resign).
         key = (view.role, view.holder, view.fencing_token, draining)

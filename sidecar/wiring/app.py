@@ -302,11 +302,14 @@ async def _shut_down(parts: Parts, tasks: dict[str, asyncio.Task[None]], runners
     heartbeat, app_side, role_files = parts.heartbeat, parts.app_side, parts.role_files
     if app_side.members is not None:
         app_side.members.begin_terminating()  # written beside the release: no leader names this pod now
+    config = parts.elector.config
     try:
-        # Keyed locks and the election are released side by side, within the same grace.
+        # Keyed locks and the election are released side by side, within the same grace. The
+        # release waits for the drain, or for the deadline the app was told (election.py D1, P2):
+        # at most the longer of the drain timeout and the renew deadline.
         await asyncio.wait_for(asyncio.gather(_release(heartbeat, tasks.get("elect")), *(
             [parts.lock_parts.shut_down(SHUTDOWN_GRACE_S)] if parts.lock_parts is not None else [])),
-            SHUTDOWN_GRACE_S + parts.elector.config.handover_drain_timeout_s)  # the drain waits for the app
+            SHUTDOWN_GRACE_S + max(config.handover_drain_timeout_s, config.renew_deadline))
     except TimeoutError:
         log.error("release did not finish in time; the lease will expire by itself",
                   extra={"event": "release_timeout"})

@@ -17,6 +17,7 @@ import pytest
 
 from tests.cluster import sidecars
 from tests.cluster.blackhole import BlackHoleProxy
+from tests.cluster.claims import claims_from_log
 from tests.cluster.kube import get_lease, kubectl
 
 TTL_S = 4.0
@@ -68,10 +69,11 @@ def test_sigkill_fails_over_within_ttl_plus_one_second(fleet: list[sidecars.Side
     print(f"crash failover: {took:.3f}s (ttl {TTL_S}s)")
 
 
-def test_sigterm_hands_over_within_one_second_and_exits_zero(fleet: list[sidecars.Sidecar], namespace: str,
-                                                             tmp_path: Path) -> None:
+def test_sigterm_after_the_app_resigns_hands_over_within_one_second_and_exits_zero(
+        fleet: list[sidecars.Sidecar], namespace: str, tmp_path: Path) -> None:
     start_many(fleet, 3, namespace, tmp_path)
     old = the_leader(fleet)
+    assert old.post("/leader/resign")[0] == 200  # the app's SIGTERM handler (README: Shutdown)
     old.process.send_signal(15)
     started = time.monotonic()
     took = sidecars.wait_for(lambda: [n for n in sidecars.leaders(fleet) if n != old.identity], 1.0)
@@ -82,6 +84,29 @@ def test_sigterm_hands_over_within_one_second_and_exits_zero(fleet: list[sidecar
     lease = get_lease(namespace, "work")
     assert lease["spec"]["holderIdentity"] != old.identity
     print(f"graceful hand-over: {took:.3f}s ({time.monotonic() - started:.3f}s incl. exit)")
+
+
+def test_sigterm_without_a_resign_releases_only_after_the_deadline_the_app_was_told(
+        fleet: list[sidecars.Sidecar], namespace: str, tmp_path: Path) -> None:
+    """election.py P2: the app may act until the deadline it was told, so no release (which lets a
+    standby take the Lease at once) is written before it; a standby leads right after it."""
+    start_many(fleet, 3, namespace, tmp_path)
+    old = the_leader(fleet)
+    told_until_mono = old.get("/leader")[1]["valid_until_monotonic"]
+    old.process.send_signal(15)
+    started = time.monotonic()
+    sidecars.wait_for(lambda: [n for n in sidecars.leaders(fleet) if n != old.identity], 2.5 + 1.0)
+    assert old.process.wait(10) == 0
+    held = [json.loads(line) for line in old.logs().splitlines() if '"release_held"' in line]
+    assert held, old.logs()[-2000:]
+    held_until_mono = held[-1]["until_mono"]
+    assert held_until_mono >= told_until_mono  # the latest deadline it told, not an earlier one
+    successor = the_leader(fleet)
+    [claim] = claims_from_log(successor.identity, successor.logs())
+    assert claim.start_mono >= held_until_mono, (claim, held_until_mono)
+    print(f"SIGTERM without a resign: the release waited {held[-1]['wait_s']:.3f}s; the successor's term began "
+          f"{claim.start_mono - held_until_mono:.3f}s after the told deadline "
+          f"({claim.start_mono - started:.3f}s after SIGTERM)")
 
 
 def test_release_is_written_like_client_go(fleet: list[sidecars.Sidecar], namespace: str, tmp_path: Path) -> None:

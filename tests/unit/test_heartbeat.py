@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from datetime import UTC, datetime, timedelta
 
@@ -72,6 +73,7 @@ async def test_shutdown_releases_and_the_standby_takes_over_at_once() -> None:
     clock.advance(CONFIG.lease_ttl_s)
     assert await a.try_become_leader() is True
     await b.tick()
+    a.elector.gate.resign(clock.mono, 0)  # the app's SIGTERM handler: it gave its deadline up
     await a.shutdown()
     assert a.role is BeatRole.UNKNOWN
     released = (await backend.get(1)).record
@@ -79,6 +81,31 @@ async def test_shutdown_releases_and_the_standby_takes_over_at_once() -> None:
     assert await b.try_become_leader() is True
     assert b.elector.stats.failovers_detected == 1
     assert b.board.snapshot()["fencing_token"] > 1
+
+
+async def test_shutdown_holds_the_release_until_the_deadline_the_app_was_told(
+        caplog: pytest.LogCaptureFixture) -> None:
+    # election.py P2: the board published a deadline (status.json, /leader); the app did not resign.
+    caplog.set_level(logging.INFO, logger="lease_sidecar")
+    clock, backend = FakeClock(), InMemoryLockBackend()
+    a, b = candidate("a", backend, clock), candidate("b", backend, clock)
+    await a.tick()
+    clock.advance(CONFIG.lease_ttl_s)
+    assert await a.try_become_leader() is True
+    told_until = a.board.snapshot()["valid_until_monotonic"]
+    await b.tick()
+    clock.advance(1)
+    shutting_down = asyncio.create_task(a.shutdown())
+    for _ in range(20):  # the elect loop runs to its wait (the fake clock stands still meanwhile)
+        await asyncio.sleep(0)
+    assert not shutting_down.done() and a.role is BeatRole.STANDBY
+    assert (await backend.get(1)).record.holder == "a"
+    assert [r.wait_s for r in caplog.records if getattr(r, "event", None) == "release_held"] == [5.0]
+    clock.advance(told_until - clock.mono)
+    a.wake()
+    await asyncio.wait_for(shutting_down, 5)
+    assert (await backend.get(1)).record.holder == ""
+    assert await b.try_become_leader() is True
 
 
 async def test_versions_and_waiters_follow_role_changes() -> None:
