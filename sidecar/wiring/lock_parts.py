@@ -54,6 +54,22 @@ class LockParts:
         await self.locks.close(timeout_s)
 
 
+RequestObserver = Callable[[str, str, float], None]
+
+
+def lock_request_observer(count_lock_call: RequestObserver,
+                          observe_election_request: RequestObserver | None) -> RequestObserver:
+    """Each lock Lease request counted by the locks' own metrics and, in the election's request
+    histogram, under a verb of its own ("lock_update", as the members view's are
+    "member_update"): the renewal-latency alert reads verb="update", and a lock's requests must
+    neither page for nor hide the election's renewals."""
+    def observe(verb: str, result: str, seconds: float) -> None:
+        count_lock_call(verb, result, seconds)
+        if observe_election_request is not None:
+            observe_election_request(f"lock_{verb}", result, seconds)
+    return observe
+
+
 def build_lock_parts(settings: Any, api_client: ApiClient, namespace: str, identity: str, clock: Clock,
                      liveness: AppLiveness, registry: CollectorRegistry,
                      observe_request: Callable[[str, str, float], None] | None = None) -> LockParts | None:
@@ -62,11 +78,7 @@ def build_lock_parts(settings: Any, api_client: ApiClient, namespace: str, ident
     prefix = lock_prefix(settings)
     metrics = LockMetrics(registry, namespace, settings.lease_name, prefix)
 
-    def observe(verb: str, result: str, seconds: float) -> None:
-        metrics.observe_request(verb, result, seconds)
-        if observe_request is not None:
-            observe_request(verb, result, seconds)
-
+    observe = lock_request_observer(metrics.observe_request, observe_request)
     leases = LockLeases(api_client, namespace, election_label(settings.lease_name), prefix, observe)
     config = lock_election_config(settings.lock_max_ttl, settings.api_timeout)
     limits = LockLimits(max_keys=settings.lock_max_keys, rate_per_s=settings.lock_rate,
