@@ -24,8 +24,8 @@ from sidecar.kube.calls import ApiCallFailed, call_json
 RequestObserver = Callable[[str, str, float], None]
 
 REQUEST_VERBS = ("member_list", "member_create", "member_update", "member_delete")
-"""The verbs of MemberLeaseStore's bounded calls (its watch reports "member_watch" with the HTTP
-status of the answer, or "error")."""
+"""The verbs of MemberLeaseStore's bounded calls (its watch reports "member_watch": "ok" when the
+stream opens, else the HTTP status, "timeout" or "error", as the election's watch does)."""
 REQUEST_RESULTS = ("ok", "timeout", "error")
 """The results those calls may report; an HTTP error status is reported as its code."""
 
@@ -83,9 +83,13 @@ class MemberLeaseStore:
                     _preload_content=False,
                     _request_timeout=aiohttp.ClientTimeout(sock_connect=5, sock_read=idle_timeout_s + 5))
         except (ApiException, aiohttp.ClientError, TimeoutError, OSError) as error:
-            self._observe("member_watch", "error", time.monotonic() - started)
+            self._observe("member_watch", "timeout" if isinstance(error, TimeoutError) else
+                          str(error.status) if isinstance(error, ApiException) and error.status else "error",
+                          time.monotonic() - started)
             raise BackendUnavailable(f"watch members: {error!r}") from error
-        self._observe("member_watch", str(response.status), time.monotonic() - started)
+        # As the election's watch reports it: "ok" for an answer that opens the stream, else its status.
+        self._observe("member_watch", "ok" if 200 <= response.status <= 299 else str(response.status),
+                      time.monotonic() - started)
         try:
             if not 200 <= response.status <= 299:
                 raise (WatchExpired if response.status == 410 else BackendUnavailable)(

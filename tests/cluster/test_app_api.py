@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import http.client
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -151,6 +152,10 @@ def test_members_view_and_its_leases(pair: list[sidecars.Sidecar], namespace: st
         third.kill()
         sidecars.wait_for(lambda: roles().get("app-c") == ("standby", False), 20, 0.1)
         assert standby.get("/members")[1]["counts"]["stale"] == 1
+        # The members view's watch is counted as the election's is: "ok" once the stream opens.
+        assert 'verb="member_watch"' in standby.metrics_text()
+        assert re.search(r'_count\{[^}]*result="ok"[^}]*verb="member_watch"|'
+                         r'_count\{[^}]*verb="member_watch"[^}]*result="ok"', standby.metrics_text())
     finally:
         sidecars.stop_all([third])
 
