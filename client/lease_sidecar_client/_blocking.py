@@ -65,6 +65,17 @@ def call_info(info: Callable[[], dict[str, Any] | None] | None) -> dict[str, Any
     return dict(info() or {}) if info is not None else {}
 
 
+def leads(current: Status | None) -> bool:
+    """Whether a `/leader` answer says this pod leads (None: the sidecar could not be asked)."""
+    return bool(current and current.get("is_leader") is True)
+
+
+def term_to_start_in(current: Status, asked_at_monotonic: float | None) -> Term | None:
+    """The term of a `/leader` answer if work may start in it: leading, time left, not draining."""
+    term = Term.from_status(current, asked_at_monotonic=asked_at_monotonic)
+    return term if term is not None and term.is_valid() and not current.get("draining") else None
+
+
 class Sidecar:
     """The sidecar on localhost, asked with blocking calls. Never raises for the sidecar's
     absence: an unreachable sidecar reads as "not leader" (None)."""
@@ -87,8 +98,7 @@ class Sidecar:
         return self.status_and_term()[1]
 
     def is_leader(self) -> bool:
-        current = self.status()
-        return bool(current and current.get("is_leader") is True)
+        return leads(self.status())
 
     def heartbeat(self, schedule_count: int | None = None, next_due_task: str | None = None,
                   **info: Any) -> Status | None:
@@ -130,8 +140,8 @@ class Sidecar:
                 time.sleep(min(RETRY_S, wait))
                 since = None
                 continue
-            term = Term.from_status(current, asked_at_monotonic=asked_at if since is None else None)
-            if term is not None and term.is_valid() and not current.get("draining"):
+            term = term_to_start_in(current, asked_at if since is None else None)
+            if term is not None:
                 return term
             since = current.get("version")
 

@@ -1,14 +1,16 @@
-"""leading(): run work only inside a term, and tell it when the term ends (blocking flavour)."""
+"""leading(): run work only inside a term, and tell it when the term ends (blocking flavour; the
+asyncio one, `aio.AsyncLeading`, shares `FollowingATerm` with it)."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import threading
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from ._term import Term, TermEnded, bind_term
+from ._term import Flag, Status, Term, TermEnded, bind_term
 
 if TYPE_CHECKING:
     from ._blocking import Sidecar
@@ -23,7 +25,74 @@ ANOTHER_TERM = "another term began"
 DRAINING = "draining requested"
 
 
-class Leading:
+class FollowingATerm:
+    """What the blocking and asyncio `leading()` share, no I/O: the term with its latest deadline,
+    `check()`, how a newer `/leader` answer moves or ends it (`observe`), and how the end is
+    recorded once (`_record_end`). Each flavour says how the work is told (`_end`), and the
+    blocking one guards the state with a lock (its watcher is a thread)."""
+
+    ended: Flag
+    reason: str | None
+    draining: bool
+    _term: Term | None
+
+    def _guard(self) -> contextlib.AbstractContextManager[Any]:
+        return contextlib.nullcontext()
+
+    @property
+    def term(self) -> Term:
+        """The term, with its latest known deadline (brought forward to its end once it ended)."""
+        if self._term is None:
+            raise RuntimeError("leading() not entered")
+        return self._term
+
+    def current(self) -> Term | None:
+        return self._term
+
+    def check(self) -> Term:
+        """The term if it still holds, else TermEnded (the deadline is judged here, by the clock,
+        also when the watcher had no chance to run: a process paused past its term)."""
+        term = self.term
+        if not self.ended.is_set() and not term.is_valid():
+            self._end(DEADLINE)
+        if self.ended.is_set():
+            raise TermEnded(self.reason)
+        return term
+
+    def _end(self, reason: str) -> None:
+        raise NotImplementedError
+
+    def _record_end(self, reason: str, now: float | None = None) -> bool:
+        """Records why the term ended, once; True for the call that did. A drain keeps the
+        deadline (the work may finish); any other end brings it forward to now."""
+        with self._guard():
+            if self.ended.is_set():
+                return False
+            self.reason = reason
+            if reason != DRAINING and self._term is not None:
+                self._term = self._term.ended_at(now)
+            self.ended.set()
+        return True
+
+    def observe(self, current: Status, asked_at_monotonic: float | None = None) -> None:
+        """Takes in a newer `/leader` answer: a later deadline of the same term, or its end."""
+        seen = Term.from_status(current, asked_at_monotonic=asked_at_monotonic)
+        if seen is None:
+            self._end(STANDBY)
+            return
+        if not self.term.same_term(seen):
+            self._end(ANOTHER_TERM)
+            return
+        with self._guard():
+            if not self.ended.is_set() or self.reason == DRAINING:
+                if seen.valid_until_monotonic > self.term.valid_until_monotonic:
+                    self._term = seen
+        if current.get("draining") is True:
+            self.draining = True
+            self._end(DRAINING)
+
+
+class Leading(FollowingATerm):
     """Context manager and decorator: waits for a term, runs the work inside it, and when the term
     ends (its deadline reached on the monotonic clock, a newer status showing standby or another
     token, or draining requested for a graceful hand-over) sets `ended` (a threading.Event), calls
@@ -59,25 +128,8 @@ class Leading:
         self._watcher: threading.Thread | None = None
         self._bound: Any = None
 
-    @property
-    def term(self) -> Term:
-        """The term, with its latest known deadline (brought forward to its end once it ended)."""
-        if self._term is None:
-            raise RuntimeError("leading() not entered")
-        return self._term
-
-    def current(self) -> Term | None:
-        return self._term
-
-    def check(self) -> Term:
-        """The term if it still holds, else TermEnded (the deadline is judged here, by the clock,
-        also when the watcher thread had no chance to run: a process paused past its term)."""
-        term = self.term
-        if not self.ended.is_set() and not term.is_valid():
-            self._end(DEADLINE)
-        if self.ended.is_set():
-            raise TermEnded(self.reason)
-        return term
+    def _guard(self) -> contextlib.AbstractContextManager[Any]:
+        return self._lock
 
     def sleep(self, seconds: float) -> bool:
         """Sleeps up to `seconds`, waking early when the term ends; True if it ended."""
@@ -118,13 +170,8 @@ class Leading:
         return in_a_term  # type: ignore[return-value]
 
     def _end(self, reason: str, now: float | None = None) -> None:
-        with self._lock:
-            if self.ended.is_set():
-                return
-            self.reason = reason
-            if reason != DRAINING and self._term is not None:
-                self._term = self._term.ended_at(now)
-            self.ended.set()
+        if not self._record_end(reason, now):
+            return
         if self.on_end is not None:
             try:
                 self.on_end(reason)
@@ -149,21 +196,4 @@ class Leading:
             self.observe(current)
             if self.ended.is_set() and self.reason != DRAINING:
                 return
-
-    def observe(self, current: dict[str, Any], asked_at_monotonic: float | None = None) -> None:
-        """Takes in a newer `/leader` answer: a later deadline of the same term, or its end."""
-        seen = Term.from_status(current, asked_at_monotonic=asked_at_monotonic)
-        if seen is None:
-            self._end(STANDBY)
-            return
-        if not self.term.same_term(seen):
-            self._end(ANOTHER_TERM)
-            return
-        with self._lock:
-            if not self.ended.is_set() or self.reason == DRAINING:
-                if seen.valid_until_monotonic > self.term.valid_until_monotonic:
-                    self._term = seen
-        if current.get("draining") is True:
-            self.draining = True
-            self._end(DRAINING)
 

@@ -8,9 +8,17 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 Status = dict[str, Any]
+
+
+class Flag(Protocol):
+    """threading.Event or asyncio.Event: what the blocking and asyncio flavours share of them."""
+
+    def is_set(self) -> bool: ...
+
+    def set(self) -> None: ...
 
 
 class TermEnded(Exception):

@@ -20,8 +20,18 @@ import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
-from ._blocking import DEFAULT_URL, LONG_POLL_S, RETRY_S, call_info, heartbeat_body, leader_query, sit_out_query
-from ._leading import ANOTHER_TERM, DEADLINE, DRAINING, STANDBY
+from ._blocking import (
+    DEFAULT_URL,
+    LONG_POLL_S,
+    RETRY_S,
+    call_info,
+    heartbeat_body,
+    leader_query,
+    leads,
+    sit_out_query,
+    term_to_start_in,
+)
+from ._leading import DEADLINE, DRAINING, FollowingATerm
 from ._term import Status, Term, TermEnded, bind_term
 
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
@@ -107,8 +117,7 @@ class AsyncSidecar:
         return Term.from_status(await self.status(), asked_at_monotonic=asked_at)
 
     async def is_leader(self) -> bool:
-        current = await self.status()
-        return bool(current and current.get("is_leader") is True)
+        return leads(await self.status())
 
     async def heartbeat(self, schedule_count: int | None = None, next_due_task: str | None = None,
                         **info: Any) -> Status | None:
@@ -196,8 +205,8 @@ class AsyncSidecar:
                     await asyncio.sleep(RETRY_S)
                     since = None
                     continue
-                term = Term.from_status(current, asked_at_monotonic=asked_at if since is None else None)
-                if term is not None and term.is_valid() and not current.get("draining"):
+                term = term_to_start_in(current, asked_at if since is None else None)
+                if term is not None:
                     return term
                 since = current.get("version")
 
@@ -208,7 +217,7 @@ class AsyncSidecar:
         return AsyncLeading(self, wait_timeout_s, refresh_s, resign_on_exit, sit_out_s)
 
 
-class AsyncLeading:
+class AsyncLeading(FollowingATerm):
     """`async with sidecar.leading() as lead:` / `@sidecar.leading()`: waits for a term, runs the
     block in it, and when the term ends (deadline on the monotonic clock, standby or another token,
     draining requested) cancels the task that entered the block; the cancellation leaves the block
@@ -230,23 +239,6 @@ class AsyncLeading:
         self._watcher: asyncio.Task[None] | None = None
         self._cancelled_by_us = False
         self._bound: Any = None
-
-    @property
-    def term(self) -> Term:
-        if self._term is None:
-            raise RuntimeError("leading() not entered")
-        return self._term
-
-    def current(self) -> Term | None:
-        return self._term
-
-    def check(self) -> Term:
-        term = self.term
-        if not self.ended.is_set() and not term.is_valid():
-            self._end(DEADLINE)
-        if self.ended.is_set():
-            raise TermEnded(self.reason)
-        return term
 
     async def __aenter__(self) -> AsyncLeading:
         self._task = asyncio.current_task()
@@ -282,29 +274,11 @@ class AsyncLeading:
         return in_a_term  # type: ignore[return-value]
 
     def _end(self, reason: str) -> None:
-        if self.ended.is_set():
+        if not self._record_end(reason):
             return
-        self.reason = reason
-        if reason != DRAINING and self._term is not None:
-            self._term = self._term.ended_at()
-        self.ended.set()
         if self._task is not None and not self._task.done() and self._task is not asyncio.current_task():
             self._cancelled_by_us = True
             self._task.cancel(f"lease-sidecar term ended: {reason}")
-
-    def observe(self, current: Status, asked_at_monotonic: float | None = None) -> None:
-        seen = Term.from_status(current, asked_at_monotonic=asked_at_monotonic)
-        if seen is None:
-            self._end(STANDBY)
-        elif not self.term.same_term(seen):
-            self._end(ANOTHER_TERM)
-        else:
-            if seen.valid_until_monotonic > self.term.valid_until_monotonic and (
-                    not self.ended.is_set() or self.reason == DRAINING):
-                self._term = seen
-            if current.get("draining") is True:
-                self.draining = True
-                self._end(DRAINING)
 
     async def _watch(self) -> None:
         """Follows the event stream; refreshes by `GET /leader` when no event came for

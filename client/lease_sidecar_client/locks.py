@@ -22,6 +22,7 @@ renews the owner's claim (PUT) every third of the ttl, and the lock stays valid 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import json
 import threading
@@ -29,12 +30,12 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from ._blocking import DEFAULT_URL
-from ._term import Term, TermEnded, bind_term
+from ._term import Flag, Term, TermEnded, bind_term
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -107,6 +108,78 @@ def _answer(key: str, status: int, body: Any, headers: dict[str, str]) -> dict[s
     raise LockRequestError(f"{key}: HTTP {status}: {body.get('error', '')}")
 
 
+# ---------------------------------------------------------------- shared by the blocking and asyncio clients
+
+
+def _acquire_path(key: str, ttl_s: float | None, wait_s: float | None) -> str:
+    return lock_path(key, ttl=_duration(ttl_s), wait=_duration(wait_s))
+
+
+def _owner_path(lock: Lock) -> str:
+    return lock_path(lock.key, owner=lock.owner)
+
+
+@contextlib.contextmanager
+def _busy_as_lost() -> Iterator[None]:
+    """A renewal the sidecar refuses (held by another owner now) means the lock is lost."""
+    try:
+        yield
+    except LockBusy as busy:
+        raise LockLost(str(busy)) from None
+
+
+def _released(body: dict[str, Any]) -> bool:
+    return bool(body.get("released"))
+
+
+def _locked(body: dict[str, Any]) -> bool:
+    return bool(body["locked"])
+
+
+def _renewal_wait_s(lock: Lock, ttl_s: float | None) -> float:
+    """How long to wait before renewing: a third of the ttl (or of the lock's time left, taken as
+    two thirds of it), at least 0.2 s, and never past the deadline less 50 ms."""
+    interval = max(0.2, (ttl_s or lock.remaining_s() * 1.5) / 3)
+    return min(interval, max(0.0, lock.remaining_s() - 0.05))
+
+
+class _HoldingALock:
+    """What `Holding` and `AsyncHolding` share, no I/O: the lock, `check()`, and how a loss is
+    recorded once (`_record_loss`). Each says how the work is told (`_lose`)."""
+
+    lost: Flag
+    reason: str | None
+    on_lost: Callable[[str], None] | None
+    _lock: Lock | None
+
+    @property
+    def lock(self) -> Lock:
+        if self._lock is None:
+            raise RuntimeError("holding() not entered")
+        return self._lock
+
+    def check(self) -> Lock:
+        lock = self.lock
+        if not self.lost.is_set() and not lock.is_valid():
+            self._lose("deadline reached")
+        if self.lost.is_set():
+            raise LockLost(self.reason)
+        return lock
+
+    def _lose(self, reason: str) -> None:
+        raise NotImplementedError
+
+    def _record_loss(self, reason: str) -> bool:
+        """Records why the lock was lost and calls `on_lost`, once; True for the call that did."""
+        if self.lost.is_set():
+            return False
+        self.reason = reason
+        self.lost.set()
+        if self.on_lost is not None:
+            self.on_lost(reason)
+        return True
+
+
 # ---------------------------------------------------------------- blocking
 
 
@@ -135,8 +208,7 @@ class Locks:
     def acquire(self, key: str, ttl_s: float | None = None, wait_s: float | None = None) -> Lock:
         """The lock, or LockBusy (held elsewhere, or the wait ran out)."""
         asked = time.monotonic()
-        body = self._call("POST", key, lock_path(key, ttl=_duration(ttl_s), wait=_duration(wait_s)),
-                          self.request_timeout_s + (wait_s or 0))
+        body = self._call("POST", key, _acquire_path(key, ttl_s, wait_s), self.request_timeout_s + (wait_s or 0))
         return Lock.from_answer(body, asked)
 
     def try_acquire(self, key: str, ttl_s: float | None = None) -> Lock | None:
@@ -149,27 +221,25 @@ class Locks:
     def renew(self, lock: Lock) -> Lock:
         """The same lock with a later deadline, or LockLost."""
         asked = time.monotonic()
-        try:
-            return Lock.from_answer(self._call("PUT", lock.key, lock_path(lock.key, owner=lock.owner)), asked)
-        except LockBusy as busy:
-            raise LockLost(str(busy)) from None
+        with _busy_as_lost():
+            return Lock.from_answer(self._call("PUT", lock.key, _owner_path(lock)), asked)
 
     def release(self, lock: Lock) -> bool:
         """False if it was no longer held (lost before)."""
         try:
-            return bool(self._call("DELETE", lock.key, lock_path(lock.key, owner=lock.owner)).get("released"))
+            return _released(self._call("DELETE", lock.key, _owner_path(lock)))
         except LockBusy:
             return False
 
     def is_locked(self, key: str) -> bool:
-        return bool(self._call("GET", key, lock_path(key))["locked"])
+        return _locked(self._call("GET", key, lock_path(key)))
 
     def holding(self, key: str, ttl_s: float | None = None, wait_s: float | None = None,
                 on_lost: Callable[[str], None] | None = None) -> Holding:
         return Holding(self, key, ttl_s, wait_s, on_lost)
 
 
-class Holding:
+class Holding(_HoldingALock):
     """Context manager and decorator: acquire, renew every third of the ttl in a thread, release.
     Blocking work cannot be interrupted from outside, so it looks: `check()` between steps (raises
     LockLost), or `lost.wait(...)` as its sleep; `on_lost(reason)` is called from the renewer."""
@@ -184,33 +254,13 @@ class Holding:
         self._renewer: threading.Thread | None = None
         self._bound: Any = None
 
-    @property
-    def lock(self) -> Lock:
-        if self._lock is None:
-            raise RuntimeError("holding() not entered")
-        return self._lock
-
-    def check(self) -> Lock:
-        lock = self.lock
-        if not self.lost.is_set() and not lock.is_valid():
-            self._lose("deadline reached")
-        if self.lost.is_set():
-            raise LockLost(self.reason)
-        return lock
-
     def _lose(self, reason: str) -> None:
-        if self.lost.is_set():
-            return
-        self.reason = reason
-        self.lost.set()
-        if self.on_lost is not None:
-            self.on_lost(reason)
+        self._record_loss(reason)
 
     def _renew_forever(self) -> None:
         while not self._stop.is_set():
             lock = self.lock
-            interval = max(0.2, (self.ttl_s or lock.remaining_s() * 1.5) / 3)
-            if self._stop.wait(min(interval, max(0.0, lock.remaining_s() - 0.05))):
+            if self._stop.wait(_renewal_wait_s(lock, self.ttl_s)):
                 return
             if not lock.is_valid():
                 self._lose("deadline reached")
@@ -289,8 +339,7 @@ class AsyncLocks:
 
     async def acquire(self, key: str, ttl_s: float | None = None, wait_s: float | None = None) -> Lock:
         asked = time.monotonic()
-        body = await self._call("POST", key, lock_path(key, ttl=_duration(ttl_s), wait=_duration(wait_s)),
-                                self.request_timeout_s + (wait_s or 0))
+        body = await self._call("POST", key, _acquire_path(key, ttl_s, wait_s), self.request_timeout_s + (wait_s or 0))
         return Lock.from_answer(body, asked)
 
     async def try_acquire(self, key: str, ttl_s: float | None = None) -> Lock | None:
@@ -301,26 +350,24 @@ class AsyncLocks:
 
     async def renew(self, lock: Lock) -> Lock:
         asked = time.monotonic()
-        try:
-            return Lock.from_answer(await self._call("PUT", lock.key, lock_path(lock.key, owner=lock.owner)), asked)
-        except LockBusy as busy:
-            raise LockLost(str(busy)) from None
+        with _busy_as_lost():
+            return Lock.from_answer(await self._call("PUT", lock.key, _owner_path(lock)), asked)
 
     async def release(self, lock: Lock) -> bool:
         try:
-            return bool((await self._call("DELETE", lock.key, lock_path(lock.key, owner=lock.owner))).get("released"))
+            return _released(await self._call("DELETE", lock.key, _owner_path(lock)))
         except LockBusy:
             return False
 
     async def is_locked(self, key: str) -> bool:
-        return bool((await self._call("GET", key, lock_path(key)))["locked"])
+        return _locked(await self._call("GET", key, lock_path(key)))
 
     def holding(self, key: str, ttl_s: float | None = None, wait_s: float | None = None,
                 on_lost: Callable[[str], None] | None = None) -> AsyncHolding:
         return AsyncHolding(self, key, ttl_s, wait_s, on_lost)
 
 
-class AsyncHolding:
+class AsyncHolding(_HoldingALock):
     """Async context manager and decorator: acquire, renew in a task, release. When the lock is
     lost the task that entered the block is cancelled, and the block ends with LockLost."""
 
@@ -335,27 +382,9 @@ class AsyncHolding:
         self._cancelled_work = False
         self._bound: Any = None
 
-    @property
-    def lock(self) -> Lock:
-        if self._lock is None:
-            raise RuntimeError("holding() not entered")
-        return self._lock
-
-    def check(self) -> Lock:
-        lock = self.lock
-        if not self.lost.is_set() and not lock.is_valid():
-            self._lose("deadline reached")
-        if self.lost.is_set():
-            raise LockLost(self.reason)
-        return lock
-
     def _lose(self, reason: str) -> None:
-        if self.lost.is_set():
+        if not self._record_loss(reason):
             return
-        self.reason = reason
-        self.lost.set()
-        if self.on_lost is not None:
-            self.on_lost(reason)
         if self._worker is not None and self._worker is not asyncio.current_task():
             self._cancelled_work = True
             self._worker.cancel()
@@ -363,8 +392,7 @@ class AsyncHolding:
     async def _renew_forever(self) -> None:
         while True:
             lock = self.lock
-            interval = max(0.2, (self.ttl_s or lock.remaining_s() * 1.5) / 3)
-            await asyncio.sleep(min(interval, max(0.0, lock.remaining_s() - 0.05)))
+            await asyncio.sleep(_renewal_wait_s(lock, self.ttl_s))
             if not lock.is_valid():
                 self._lose("deadline reached")
                 return
