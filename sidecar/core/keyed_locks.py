@@ -15,8 +15,12 @@ the election; the differences are only these, each stated with its reason:
   the sidecar then releases (others take it at once, rule R). A pod that dies with the lock makes
   others wait `--lock-max-ttl` from their last sight of the Lease changing: expiry is judged by
   local monotonic observation only.
-* K2 the holder's deadline first. The owner's lock is valid until min(the Elector's renew deadline,
-  the owner's last renewal + ttl) (L1), which is always before any other pod's fence ends.
+* K2 the holder's deadline first. The deadline told to the owner (`valid_until_monotonic` in the
+  acquire, renew and GET answers) is the earliest of the Elector's renew deadline (L1), the
+  owner's last renewal + its ttl and, with --app-heartbeat-ttl, the app's last heartbeat + that
+  TTL (`KeyElector.promise_owner`). The key's term ends at the first of these at the latest (the
+  gate closes at the other two), and the renew deadline is always before any other pod's fence
+  ends (L1: renew deadline < TTL).
 * K3 "no Lease found". F3 fences a holder nobody saw for one TTL from when the absence was seen. A
   sidecar with `--locks` lists and then watches every lock Lease of its election (one watch for
   all keys, resumed from its last resourceVersion when it breaks). Events come in order, so when
@@ -56,6 +60,28 @@ Garbage collection (K6): a key whose Lease has shown a release, unchanged, for `
 by this sidecar's clock, and which no owner here wants, is deleted with the released record's
 resourceVersion as precondition (a concurrent acquisition wins, and the delete fails). By K4 no
 token goes back; by K3 a deleted key is taken again at once by a sidecar whose watch saw it go.
+
+K7 no release before a told deadline (review finding S1). A release lets any pod take the key at
+once (rule R), so the sidecar writes one only once every deadline it told the key's owner (K2; the
+latest: `promised_until_mono`) has passed, unless the owner released the lock itself (DELETE: its
+work has stopped). Each way a held key's term ends, and what it releases:
+- the owner's ttl running out, or the app's liveness lapsing (C1: over from the lapse, for good):
+  every told deadline was at most that moment (K2 takes the earliest of the owner's last renewal
+  + ttl and the app's last heartbeat + TTL, and renewals and heartbeats only move these later),
+  so the release goes at once;
+- the renew deadline passing (renewals failed) or the Lease seen taken, deleted or its holder
+  cleared: no release; others wait for our record by observation (F1, F2), past every told
+  deadline (K2);
+- SIGTERM (close): the term ends and the owner's renewals are refused at once, and the release
+  waits for the told deadline (at most the renew deadline, two thirds of --lock-max-ttl); if the
+  shutdown grace ends first, no release is written and the Lease expires by observation as above;
+  a hand-over request written on a lock's Lease waits likewise;
+- the request rate and the key limit refuse requests (429): a refused renewal moves no told
+  deadline and ends nothing by itself; garbage collection (K6) deletes only a Lease that shows a
+  release, which came after its deadline.
+A new owner on this pod takes the key only after the previous term is over and its release was
+written or not owed (K5), hence, by the cases above, after the previous owner's told deadline. The
+election's own rule for its app (election.py) is separate; this one needs nothing of it.
 """
 
 from __future__ import annotations
@@ -67,7 +93,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from sidecar.core.config import ConfigError, ElectionConfig, parse_duration_s
-from sidecar.core.election import UNSEEN_HOLDER, Elector, HolderKey, Moment
+from sidecar.core.election import UNSEEN_HOLDER, Action, Elector, HolderKey, Moment, Wait, Write
 from sidecar.core.liveness import AppLiveness
 from sidecar.core.record import LeaseRecord
 
@@ -240,6 +266,14 @@ class OwnerGate(AppLiveness):
             return app._lapse_reason
         return self.blocked_reason(now_mono)
 
+    def leading_until_mono(self) -> float | None:
+        """K2: when the owner's claim ends unless renewed (None without an owner): its last renewal
+        + ttl or, with --app-heartbeat-ttl, the app's last heartbeat + that TTL, the earlier."""
+        if self.owner is None:
+            return None
+        app_until = self.app.leading_until_mono() if self.app is not None else None
+        return self.until_mono if app_until is None else min(self.until_mono, app_until)
+
     def next_change_mono(self, now_mono: float) -> float | None:
         if self.owner is None or now_mono >= self.until_mono:
             return None
@@ -260,6 +294,8 @@ class KeyElector(Elector):
         not now). Set by the driver before each observation."""
         self.version_floor = 0
         """K4: the highest store version that showed the key absent (a token is never below it)."""
+        self.promised_until_mono = -math.inf
+        """K7: the latest deadline told to an owner of this key; no release is written before it."""
 
     def set_owner(self, owner: str) -> None:
         if self._term is not None:
@@ -271,6 +307,28 @@ class KeyElector(Elector):
         (K3), so it acts on the Lease as it is now and a creation's token is raised above the
         version of the read that showed it absent (K4)."""
         self._needs_read = True
+
+    def promise_owner(self, now_mono: float) -> float:
+        """K2: the deadline to tell the owner now (`now_mono` once the term is over), remembered
+        as a promise no release may break (K7). Every answer that carries a deadline asks here."""
+        until = now_mono
+        if self.is_leader(now_mono):
+            gate_until = self.owner_gate.leading_until_mono()
+            until = self.valid_until_mono if gate_until is None else min(self.valid_until_mono, gate_until)
+        self.promised_until_mono = max(self.promised_until_mono, until)
+        return until
+
+    def owner_released(self) -> None:
+        """K7: the owner let go itself (its work stopped): its deadlines hold the release no longer."""
+        self.promised_until_mono = -math.inf
+
+    def next_action(self, now: Moment) -> Action:
+        """The Elector's decision, with K7: a release waits until every deadline told passed."""
+        action = super().next_action(now)
+        if isinstance(action, Write) and action.kind == "release" and now.mono < self.promised_until_mono:
+            self._release_attempts -= 1  # not sent, so not one of the attempts a close gives up after
+            return Wait(self.promised_until_mono, "the owner was told it holds the lock until then (K7)")
+        return action
 
     def has_term(self) -> bool:
         return self._term is not None

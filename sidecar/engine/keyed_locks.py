@@ -230,6 +230,7 @@ class KeyedLocks:
     async def release_hold(self, key: str, owner: str) -> bool:
         """Release and wait (one API timeout at most) for the release to be written. True when it was."""
         entry = self._owned(key, owner)
+        entry.elector.owner_released()  # K7: the owner stopped, its deadline holds nothing back
         entry.held_token = None
         entry.gate.withdraw("released by its owner")
         entry.notify()
@@ -272,12 +273,20 @@ class KeyedLocks:
         return self._hold_json(hold, self.clock.now())
 
     async def close(self, timeout_s: float) -> None:
-        """Release every lock this pod holds (SIGTERM): standby first, then the release writes."""
+        """Release every lock this pod holds (SIGTERM): standby and no more renewals first, then each
+        release once the deadline told to its owner passed (K7), within `timeout_s`; a lock whose
+        deadline is later is left to expire (others wait for it by observation)."""
         self._closing = True
         now = self.clock.now()
         driving = []
         for entry in self.entries.values():
             if entry.held_token is not None or entry.pending or entry.gate.owner is not None:
+                if entry.held_token is not None and entry.gate.owner is not None:
+                    entry.lost[entry.gate.owner] = "sidecar shutting down"
+                if entry.elector.promised_until_mono > now.mono + timeout_s:
+                    log.warning("lock left to expire: its owner was told a later deadline than shutdown allows",
+                                extra={"event": "lock_left_to_expire", "lease": entry.name,
+                                       "told_for_s": round(entry.elector.promised_until_mono - now.mono, 3)})
                 entry.pending, entry.held_token = False, None
                 entry.gate.withdraw("sidecar shutting down")
                 entry.elector.close(now)
@@ -546,8 +555,8 @@ class KeyedLocks:
         return entry
 
     def _hold(self, entry: KeyEntry, owner: str, now: Moment) -> KeyHold:
-        view = entry.elector.view(now.mono)
-        valid_until = min(view.valid_until_mono or now.mono, entry.gate.until_mono)
+        """What the owner is told: its deadline (K2) is a promise no release breaks (K7)."""
+        valid_until = entry.elector.promise_owner(now.mono)
         return KeyHold(entry.key, owner, entry.held_token or 0, self._lease(entry), valid_until)
 
     def _hold_json(self, hold: KeyHold, now: Moment) -> dict[str, Any]:

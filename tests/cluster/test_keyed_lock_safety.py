@@ -1,9 +1,12 @@
 """Keyed locks on the real control plane, review findings: a key's Lease deleted and created again
-never lowers its token (core K4, election.py L2)."""
+never lowers its token (core K4, election.py L2); no lock is released, or taken by another pod,
+while its owner still holds a deadline the sidecar told it (core K2, K7), on SIGTERM and when the
+app's liveness lapses."""
 
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import threading
 from pathlib import Path
@@ -104,3 +107,70 @@ def test_a_keys_lease_deleted_and_created_again_never_lowers_its_token(namespace
                                                 held_deleted_at, third["fencing_token"], fourth["fencing_token"]])
     finally:
         sidecars.stop_all([s for s in (a, b, c) if s is not None])
+
+
+MAX_TTL_9S = ("--lock-max-ttl", "9")  # renew deadline 6 s: longer than the shutdown grace (5 s)
+
+
+def acquisitions_started(sidecar: sidecars.Sidecar, lease: str) -> list[float]:
+    """When each acquisition write of `lease` by this sidecar started (its own log, CLOCK_MONOTONIC)."""
+    name = lease.split("/")[1]
+    started = []
+    for line in sidecar.logs().splitlines():
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if entry.get("event") == "lock_written" and entry.get("kind") == "acquire" and entry.get("lease") == name:
+            started.append(entry["started_mono"])
+    return started
+
+
+def test_sigterm_writes_no_release_before_the_deadline_its_owner_was_told(namespace: str, tmp_path: Path) -> None:
+    b = start("b", "locks", namespace, tmp_path, *MAX_TTL_9S)
+    c = start("c", "locks", namespace, tmp_path, *MAX_TTL_9S)
+    try:
+        status, short, _ = call(c, "POST", lock_path("short", ttl="3s", wait="20s"), timeout=25)  # K3: young watch
+        assert status == 200, short
+        status, long, _ = call(c, "POST", lock_path("long", ttl="9s", wait="5s"), timeout=10)
+        assert status == 200, long
+        c.process.send_signal(signal.SIGTERM)  # the owner stops renewing; it was told these deadlines
+        for told in (short, long):
+            status, taken, _ = call(b, "POST", lock_path(told["key"], wait="30s"), timeout=35)
+            assert status == 200 and taken["fencing_token"] > told["fencing_token"], taken
+        assert c.process.wait(15) == 0
+        for told in (short, long):
+            started = acquisitions_started(b, told["lease"])
+            assert started and min(started) >= told["valid_until_monotonic"], (told, started)
+        left = "lock_left_to_expire" in c.logs()
+        print(f"short: taken {min(acquisitions_started(b, short['lease'])) - short['valid_until_monotonic']:.3f} s "
+              f"after its told deadline; long: {'left to expire' if left else 'released'}, taken "
+              f"{min(acquisitions_started(b, long['lease'])) - long['valid_until_monotonic']:.3f} s after")
+    finally:
+        sidecars.stop_all([b, c])
+
+
+def test_a_silent_apps_lock_is_taken_no_sooner_than_the_deadline_its_owner_was_told(
+        namespace: str, tmp_path: Path) -> None:
+    a = start("a", "locks", namespace, tmp_path, *MAX_TTL_9S, "--app-heartbeat-ttl", "2")
+    b = start("b", "locks", namespace, tmp_path, *MAX_TTL_9S)
+    app = sidecars.start_app(a)
+    try:
+        answers: list[Any] = []
+
+        def acquired() -> bool:  # asked again until the app is alive and a's watch is 9 s old (K3)
+            answers.append(call(a, "POST", lock_path("tenant-7/migrate", ttl="9s"))[1])
+            return "owner" in answers[-1]
+
+        sidecars.wait_for(acquired, timeout=40, interval=0.3)
+        held = answers[-1]
+        app.kill()  # the app falls silent: its liveness lapses 2 s after its last heartbeat
+        status, taken, _ = call(b, "POST", lock_path("tenant-7/migrate", wait="30s"), timeout=35)
+        assert status == 200 and taken["fencing_token"] > held["fencing_token"], taken
+        started = acquisitions_started(b, held["lease"])
+        assert started and min(started) >= held["valid_until_monotonic"], (held, started)
+        print(f"told {held['valid_for_seconds']:.3f} s; taken {min(started) - held['valid_until_monotonic']:.3f} s "
+              "after that deadline")
+    finally:
+        app.kill()
+        sidecars.stop_all([a, b])

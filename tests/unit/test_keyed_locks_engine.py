@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 import pytest
 
 from sidecar.core.keyed_locks import LockLimits, lock_election_config
+from sidecar.core.liveness import AppLiveness
 from sidecar.core.record import LeaseRecord
 from sidecar.engine.keyed_locks import KeyedLocks, LockRefused
 from tests.unit.fake_lock_leases import FakeClock, FakeLockLeases, until
@@ -105,3 +106,59 @@ async def test_a_deleted_and_recreated_keys_token_is_above_the_deletions_version
     clock.advance(MAX_TTL_S + 1)
     hold = await locks.acquire("report", 10.0, 0.0)
     assert hold.fencing_token > deleted_at
+
+
+def released(leases: FakeLockLeases, key: str) -> bool:
+    return any(name == leases.name_of(key) and record.holder == "" for name, record in leases.writes)
+
+
+async def wake_drivers(locks: KeyedLocks) -> None:
+    """The fake clock moved: every key's driver decides again now (as its timer would have fired)."""
+    for entry in locks.entries.values():
+        entry.wake.set()
+    await asyncio.sleep(0.05)
+
+
+async def test_the_deadline_told_to_the_owner_ends_no_later_than_the_apps_liveness(
+        running: tuple[KeyedLocks, FakeLockLeases, FakeClock]) -> None:
+    locks, leases, clock = running
+    app = AppLiveness(ttl_s=2.0)
+    locks.app = app
+    clock.advance(MAX_TTL_S + 10)
+    app.beat(clock.mono, EPOCH)
+    hold = await locks.acquire("migrate", 10.0, 0.0)  # ttl 10 s, renew deadline 20 s, app TTL 2 s
+    assert hold.valid_until_monotonic <= clock.mono + 2.0
+    clock.advance(1.0)
+    app.beat(clock.mono, EPOCH)
+    renewed = locks.renew_hold("migrate", hold.owner)
+    assert renewed.valid_until_monotonic <= clock.mono + 2.0
+    clock.advance(2.0)  # the app falls silent: the lock is released at its lapse, no sooner than told
+    await wake_drivers(locks)
+    await until(lambda: released(leases, "migrate"))
+    assert clock.mono >= renewed.valid_until_monotonic
+
+
+async def test_sigterm_releases_a_lock_only_once_the_deadline_told_to_its_owner_passed(
+        running: tuple[KeyedLocks, FakeLockLeases, FakeClock]) -> None:
+    locks, leases, clock = running
+    clock.advance(MAX_TTL_S + 10)
+    hold = await locks.acquire("report", 10.0, 0.0)
+    told_until = locks.renew_hold("report", hold.owner).valid_until_monotonic
+    clock.advance(1.0)
+    await locks.close(timeout_s=0.2)  # the shutdown grace runs out before the owner's deadline
+    assert not released(leases, "report")
+    with pytest.raises(LockRefused) as refused:  # no renewal moves the deadline now
+        locks.renew_hold("report", hold.owner)
+    assert "shutting down" in refused.value.message
+    clock.advance(told_until - clock.mono)
+    await wake_drivers(locks)
+    await until(lambda: released(leases, "report"))
+
+
+async def test_an_owners_own_release_is_written_at_once(
+        running: tuple[KeyedLocks, FakeLockLeases, FakeClock]) -> None:
+    locks, leases, clock = running
+    clock.advance(MAX_TTL_S + 10)
+    hold = await locks.acquire("report", 10.0, 0.0)
+    assert await locks.release_hold("report", hold.owner)  # it stopped its work: nothing to wait for
+    assert released(leases, "report")
