@@ -23,6 +23,19 @@ Leader
   raises tokens: the formula is the old one (1 + the previous token) or larger, so users that
   stored a token keep accepting the next. The one hazard: an etcd restored from a backup
   rewinds versions, and tokens issued after the backup may be met again (README).
+  Tokens read are honoured only within what this argument can produce (core/record.py
+  `parse_fencing_token`): a decimal integer up to 2^63-1 (int64, the bigint the fences take) and,
+  when the record's resourceVersion is an integer V, up to V + 2^40. By the induction above no
+  term's token exceeds the version of its own acquisition write, so only a hand edit goes past V;
+  the slack keeps honouring tokens remembered from before an etcd restore (it rewinds V). A token
+  within it is honoured even above V, since it only raises; anything else (unparsable, negative,
+  too large) is ignored, with a warning in the log (`fencing_token_ignored`), and the record reads
+  as one without a token (a client-go holder's): every rule then treats it the more cautious way
+  (F3 is not ended by it, it is no release of a later term, it is not our own record), and the
+  next token still exceeds V. A token we issue also stays within V + 2^40 of the record it
+  becomes (each part of the max is within it, and the new version exceeds V), so no edit can run
+  tokens out of int64. Should a token still come out above 2^63-1 (a store whose versions are not
+  integers, edited to the maximum), the candidate does not campaign, and says why.
   A record naming our identity with a token we did not write (a previous life, or a duplicate
   process) is someone else's.
 * L3 (rule A, the app: core/liveness.py). A term ends at the first moment its app forbids
@@ -154,7 +167,7 @@ from datetime import datetime
 from sidecar.core.config import ElectionConfig
 from sidecar.core.liveness import AppLiveness
 from sidecar.core.lock import Versioned
-from sidecar.core.record import RELEASED_DURATION_S, LeaseRecord
+from sidecar.core.record import MAX_FENCING_TOKEN, RELEASED_DURATION_S, LeaseRecord
 from sidecar.core.succession import Member, choose_successor, requested_successor, reserved_for, reserved_until
 
 
@@ -449,7 +462,7 @@ class Elector:
             if now.mono < until:
                 return Wait(until, why)
         if record is None or self._observed is None:
-            return Write("acquire", self._new_term_record(None, now, self._absent_version), None, timeout)
+            return self._acquire(now, None, self._absent_version, None, timeout)
         if _is_release(record):
             reserved = reserved_until(record, self.identity, self._observed_changed_mono)
             if reserved is not None and now.mono < reserved:
@@ -462,8 +475,17 @@ class Elector:
         if taken_over and self._failover_counted_for != self._observed.version:
             self._failover_counted_for = self._observed.version
             self.stats.failovers_detected += 1
-        return Write("acquire", self._new_term_record(record, now, _version_number(self._observed.version)),
-                     self._observed.version, timeout)
+        return self._acquire(now, record, _version_number(self._observed.version), self._observed.version, timeout)
+
+    def _acquire(self, now: Moment, old: LeaseRecord | None, replaced_version: int | None,
+                 expected_version: str | None, timeout: float) -> Write | Wait:
+        record = self._new_term_record(old, now, replaced_version)
+        if (record.fencing_token or 0) > MAX_FENCING_TOKEN:
+            # L2: a bigint fence could not take this token; no term rather than a wrong one.
+            return Wait(now.mono + self.config.lease_ttl_s,
+                        "no fencing token left below 2^63-1 (the Lease's token annotation was edited to the "
+                        "maximum?): remove it and reset the fences")
+        return Write("acquire", record, expected_version, timeout)
 
     def _closing_action(self, now: Moment, timeout: float) -> Action:
         """Release what this process holds, re-reading after a conflict; give up after a few tries
@@ -804,9 +826,10 @@ class Elector:
 def _version_number(version: str | None) -> int | None:
     """A resourceVersion as the integer it is (comparable since Kubernetes 1.35, KEP-5504); None
     for a version that is not a decimal integer (another store's), which then raises nothing."""
-    if version is None or not version.isdigit():
+    if version is None or not (version.isascii() and version.isdigit()) or len(version) > 19:
         return None
-    return int(version)
+    number = int(version)
+    return number if number <= MAX_FENCING_TOKEN else None  # not an int64: no etcd revision
 
 
 def _released_a_later_term(before: LeaseRecord, after: LeaseRecord) -> bool:

@@ -20,6 +20,13 @@ HANDOVER_ANNOTATION = "lease-sidecar.io/handover-to"
 MANAGED_ANNOTATIONS = (FENCING_ANNOTATION, SUCCESSOR_ANNOTATION, HANDOVER_ANNOTATION)
 """Annotations every write sets from the record: absent from the record means removed."""
 RELEASED_DURATION_S = 1  # what client-go writes on release
+MAX_FENCING_TOKEN = 2**63 - 1
+"""int64's and PostgreSQL bigint's largest value: the fences take tokens as bigint (election.py L2)."""
+TOKEN_ABOVE_VERSION_SLACK = 2**40
+"""How far above its record's resourceVersion a token is still honoured (election.py L2): no token
+the election issues exceeds it at all, but one remembered from before an etcd restore may."""
+
+_DECIMAL = re.compile(r"^[0-9]{1,19}$")
 
 _MICROTIME = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d{1,9}))?(Z|[+-]\d\d:\d\d)$")
 
@@ -93,7 +100,8 @@ class LeaseRecord:
             acquire_time=parse_microtime(spec.get("acquireTime")),
             renew_time=parse_microtime(spec.get("renewTime")),
             transitions=_positive_int(spec.get("leaseTransitions")),
-            fencing_token=_optional_int(annotations.get(FENCING_ANNOTATION)),
+            fencing_token=parse_fencing_token(annotations.get(FENCING_ANNOTATION),
+                                              (lease.get("metadata") or {}).get("resourceVersion"))[0],
             successor=_text(annotations.get(SUCCESSOR_ANNOTATION)),
             handover_to=_text(annotations.get(HANDOVER_ANNOTATION)),
             preferred_holder=_text(spec.get("preferredHolder")),
@@ -130,9 +138,21 @@ def _text(value: object) -> str:
     return value if isinstance(value, str) else ""
 
 
-def _optional_int(value: object) -> int | None:
-    try:
-        number = int(str(value))
-    except ValueError:
-        return None
-    return number if number >= 0 else None
+def parse_fencing_token(value: object, resource_version: object = None) -> tuple[int | None, str]:
+    """The fencing-token annotation as election.py L2 honours it: (token, "") or, for a value it
+    ignores, (None, why); (None, "") when there is none. Honoured: a decimal integer from 0 to
+    MAX_FENCING_TOKEN and, when the record's resourceVersion is a decimal integer V, at most
+    V + TOKEN_ABOVE_VERSION_SLACK. Anything else is a hand edit (or garbage): the record then
+    reads as one without a token, like client-go's."""
+    if value is None or value == "":
+        return None, ""
+    text = str(value)
+    if not _DECIMAL.match(text):
+        return None, "not a decimal integer of at most 19 digits"
+    token = int(text)
+    if token > MAX_FENCING_TOKEN:
+        return None, "above 2^63-1, the largest a bigint fence takes"
+    version = str(resource_version) if resource_version is not None else ""
+    if _DECIMAL.match(version) and token > int(version) + TOKEN_ABOVE_VERSION_SLACK:
+        return None, f"more than 2^40 above the Lease's resourceVersion {version}, which no term writes"
+    return token, ""

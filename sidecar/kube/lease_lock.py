@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import json
+import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -18,7 +19,9 @@ from kubernetes_asyncio.client import ApiClient, CoordinationV1Api
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from sidecar.core.lock import BackendUnavailable, Conflict, LockError, Versioned, WatchEvent, WatchExpired
-from sidecar.core.record import MANAGED_ANNOTATIONS, LeaseRecord
+from sidecar.core.record import FENCING_ANNOTATION, MANAGED_ANNOTATIONS, LeaseRecord, parse_fencing_token
+
+log = logging.getLogger("lease_sidecar.kube.lease_lock")
 
 RequestObserver = Callable[[str, str, float], None]
 """(verb, result, seconds): for the API request histogram."""
@@ -44,6 +47,8 @@ class LeaseLockBackend:
         self.absent_version: str | None = None
         """The collection's resourceVersion when the Lease was last seen absent (see LeaseStore)."""
         """The Lease's metadata.uid as last observed (None before any): a new uid is a new Lease."""
+        self._ignored_token: object = None
+        """The last fencing-token annotation ignored (election.py L2), so that it is logged once."""
 
     # ------------------------------------------------------------------ storage
 
@@ -203,7 +208,23 @@ class LeaseLockBackend:
         self._raw[version] = lease
         while len(self._raw) > _RAW_CACHE_SIZE:
             self._raw.pop(next(iter(self._raw)))
+        self._warn_of_an_ignored_token(lease, version)
         return Versioned(LeaseRecord.from_lease(lease), version)
+
+    def _warn_of_an_ignored_token(self, lease: dict[str, Any], version: str) -> None:
+        """election.py L2: a token annotation no term could have written is ignored; say so once
+        per value (the holder's renewals repeat it until it writes its own)."""
+        value = ((lease.get("metadata") or {}).get("annotations") or {}).get(FENCING_ANNOTATION)
+        _, why = parse_fencing_token(value, version)
+        if not why:
+            self._ignored_token = None
+            return
+        if value == self._ignored_token:
+            return
+        self._ignored_token = value
+        log.warning("fencing token annotation ignored", extra={
+            "event": "fencing_token_ignored", "lease": self.key, "resource_version": version,
+            "annotation": str(value)[:64], "why": why})
 
 
 async def _lines(response: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
