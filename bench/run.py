@@ -197,6 +197,19 @@ class Candidate:
         body = self.leader()
         return bool(body and body.get("is_leader"))
 
+    def resign_as_an_app_would(self) -> None:
+        """lease-sidecar: what an app's SIGTERM handler does before the sidecar's own SIGTERM
+        (README, "Shutdown"): give the term up, so the release need not wait for the deadline the
+        app was told (sidecar/core/election.py P2). The other systems' candidates are their app."""
+        if self.system != "lease-sidecar":
+            return
+        request = urllib.request.Request(f"http://127.0.0.1:{self.port}/leader/resign?sit_out=0", method="POST")
+        try:
+            with urllib.request.urlopen(request, timeout=2) as resp:
+                resp.read()
+        except (OSError, urllib.error.URLError) as error:
+            raise BenchError(f"{self.identity}: resign failed: {error}") from error
+
 
 def identities(system: str) -> list[str]:
     return [f"{system}-{i}" for i in range(CANDIDATES)]
@@ -328,6 +341,7 @@ class Bench:
             others = [c for c in candidates if c is not leader]
             time.sleep(self.random.uniform(0, RETRY_PERIOD_S))  # a random phase against the renewals
             termed_at = time.monotonic()
+            leader.resign_as_an_app_would()
             leader.process.send_signal(signal.SIGTERM)
             new_at, new_leader, exited_at = self.wait_any_leader(others, timeout=LEASE_DURATION_S * 5,
                                                                  exiting=leader)
@@ -892,6 +906,7 @@ def handover_run(members: bool) -> dict[str, Any]:
             time.sleep(SETTLE_S)
             others = [c for c in candidates.values() if c is not leader]
             wall_start, termed_at = time.time(), time.monotonic()
+            leader.resign_as_an_app_would()
             leader.process.send_signal(signal.SIGTERM)
             new_at, new_leader, _ = bench.wait_any_leader(others, timeout=LEASE_DURATION_S * 5)
             wall_end = time.time() + 0.5  # before the new leader's first renewal (1 s)

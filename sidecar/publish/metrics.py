@@ -61,7 +61,8 @@ class _ElectionCollector(Collector):
         yield gauge("lease_sidecar_leader_since_seconds", "Seconds since this term began; 0 when not leader.",
                     now.mono - started.mono if leading and started else 0)
         yield gauge("lease_sidecar_lease_valid_seconds",
-                    "Seconds left before this leader must step down unless it renews; 0 when not leader.",
+                    "Seconds left of the deadline the app was told (valid_for_seconds): the leader steps down "
+                    "then unless it renews; 0 when not leader.",
                     max(0.0, view.valid_until_mono - now.mono) if leading and view.valid_until_mono else 0)
         master = GaugeMetricFamily("leader_election_master_status",
                                    "client-go compatible: 1 if this candidate is the leader.", labels=["name"])
