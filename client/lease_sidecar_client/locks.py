@@ -81,6 +81,12 @@ class Lock:
     def is_valid(self, now: float | None = None) -> bool:
         return self.valid_until_monotonic > (time.monotonic() if now is None else now)
 
+    def capped_by_the_wait(self, body: dict[str, Any]) -> bool:
+        """Whether the any-clock bound (question + time left at the answer) cut this lock's
+        deadline short of the sidecar's: after a long `wait` it can be spent on arrival, and one
+        renewal (a local request, no API write) gives a bound counted from a fresh question."""
+        return self.valid_until_monotonic < float(body["valid_until_monotonic"])
+
     @classmethod
     def from_answer(cls, body: dict[str, Any], asked_at: float) -> Lock:
         until = float(body["valid_until_monotonic"])
@@ -209,7 +215,8 @@ class Locks:
         """The lock, or LockBusy (held elsewhere, or the wait ran out)."""
         asked = time.monotonic()
         body = self._call("POST", key, _acquire_path(key, ttl_s, wait_s), self.request_timeout_s + (wait_s or 0))
-        return Lock.from_answer(body, asked)
+        lock = Lock.from_answer(body, asked)
+        return self.renew(lock) if wait_s and lock.capped_by_the_wait(body) else lock
 
     def try_acquire(self, key: str, ttl_s: float | None = None) -> Lock | None:
         """The seed's try_acquire: the lock, or None when someone else holds it."""
@@ -340,7 +347,8 @@ class AsyncLocks:
     async def acquire(self, key: str, ttl_s: float | None = None, wait_s: float | None = None) -> Lock:
         asked = time.monotonic()
         body = await self._call("POST", key, _acquire_path(key, ttl_s, wait_s), self.request_timeout_s + (wait_s or 0))
-        return Lock.from_answer(body, asked)
+        lock = Lock.from_answer(body, asked)
+        return await self.renew(lock) if wait_s and lock.capped_by_the_wait(body) else lock
 
     async def try_acquire(self, key: str, ttl_s: float | None = None) -> Lock | None:
         try:

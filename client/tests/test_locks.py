@@ -39,6 +39,7 @@ class FakeLocks:
         self.renewals = 0
         self.releases = 0
         self.unanswered = False
+        self.acquire_wait_s = 0.0  # how long an acquire with ?wait= waits before it is granted
         self._mutex = threading.Lock()
         fake = self
 
@@ -58,6 +59,8 @@ class FakeLocks:
                 url = urlsplit(self.path)
                 key = unquote(url.path.removeprefix("/locks/"))
                 query = {name: values[0] for name, values in parse_qs(url.query).items()}
+                if self.command == "POST" and "wait" in query:
+                    time.sleep(fake.acquire_wait_s)  # as a waited acquire is granted late
                 with fake._mutex:
                     code, body = fake.answer(self.command, key, query)
                 self._answer(code, body)
@@ -142,6 +145,14 @@ class Blocking(WithFakeLocks):
             locks.acquire("other")
             locks.acquire("other")
 
+    def test_a_lock_granted_after_a_long_wait_is_valid_on_arrival(self) -> None:
+        # Granted 1 s after the question with 0.6 s to run: the any-clock bound (question + time
+        # left) is spent on arrival, so the library renews once for a bound from a fresh question.
+        self.fake.acquire_wait_s = 1.0
+        lock = Locks(self.fake.url).acquire("tenant/job", ttl_s=TTL_S, wait_s=5)
+        self.assertTrue(lock.is_valid())
+        self.assertEqual(self.fake.renewals, 1)
+
     def test_a_refused_renewal_is_a_loss_told_once_and_not_released(self) -> None:
         reasons: list[str] = []
         locks = Locks(self.fake.url)
@@ -174,6 +185,12 @@ class Asyncio(WithFakeLocks):
 
         self.assertEqual(asyncio.run(asyncio.wait_for(work(), PATIENCE_S)), 1)
         self.assertEqual(self.fake.releases, 1)
+
+    def test_a_lock_granted_after_a_long_wait_is_valid_on_arrival(self) -> None:
+        self.fake.acquire_wait_s = 1.0
+        lock = asyncio.run(AsyncLocks(self.fake.url).acquire("tenant/job", ttl_s=TTL_S, wait_s=5))
+        self.assertTrue(lock.is_valid())
+        self.assertEqual(self.fake.renewals, 1)
 
     def test_a_loss_cancels_the_work_and_leaves_the_block_with_lock_lost(self) -> None:
         reasons: list[str] = []

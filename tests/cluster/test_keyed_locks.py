@@ -304,18 +304,20 @@ def test_the_client_library_holds_renews_signals_loss_and_releases(namespace: st
     from lease_sidecar_client import current_term
     from lease_sidecar_client.locks import AsyncLocks, LockBusy, LockLost, Locks
 
-    a = start("a", "locks", namespace, tmp_path)
-    b = start("b", "locks", namespace, tmp_path)
+    # A TTL of 6 s: on two loaded cores a new key's first acquire (its create) can take two
+    # seconds, and a shorter TTL would be spent before the answer arrives.
+    a = start("a", "locks", namespace, tmp_path, "--lock-max-ttl", "10")
+    b = start("b", "locks", namespace, tmp_path, "--lock-max-ttl", "10")
     try:
         locks_a, locks_b = Locks(a.url), Locks(b.url)
-        with locks_a.holding("client/job", ttl_s=2, wait_s=5) as held:
+        with locks_a.holding("client/job", ttl_s=6, wait_s=15) as held:
             assert current_term() == held.lock.term and held.lock.term.lease == held.lock.lease
             assert locks_b.try_acquire("client/job") is None
-            time.sleep(3)  # past the owner's ttl: the renewer keeps it
+            time.sleep(7)  # past the owner's ttl: the renewer keeps it
             assert held.check().fencing_token == held.lock.fencing_token
             assert locks_b.is_locked("client/job")
         first = held.lock
-        second = locks_b.acquire("client/job", wait_s=5)  # released on leaving the block
+        second = locks_b.acquire("client/job", wait_s=15)  # released on leaving the block
         assert second.fencing_token > first.fencing_token
         with pytest.raises(LockBusy):
             locks_a.acquire("client/job")
