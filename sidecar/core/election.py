@@ -120,11 +120,12 @@ The app's deadline (review finding S1)
   hand-over request without a drain to an app that did not resign. A cooperating app (resign on
   SIGTERM, resign when draining) hands over in one write, at once, as before. The wait delays a
   hand-over, never makes it less safe: until the release, rivals' fences for our last renewal
-  (F1) outlast its renew deadline anyway. It binds only what was published: an Elector whose view
-  nobody publishes to an app (keyed locks, whose owners are told K2's deadline) releases at once.
-  What is published always includes status.json in the role directory, rewritten at every
-  heartbeat, so every leader of the election has a published deadline, whether or not an app
-  ever asked the local API: the sidecar cannot know that nobody read the file.
+  (F1) outlast its renew deadline anyway. Every status the board computes counts as published
+  (the role files get one at every heartbeat and change, HTTP answers and event streams theirs),
+  so every term of the election has a published deadline, whether or not an app ever asked the
+  local API: the sidecar cannot know that nobody read status.json. An Elector whose view no board
+  publishes binds nothing here (keyed locks tell their owners K2's deadline and hold their
+  releases for it by their own rule, K7 in core/keyed_locks.py).
 
 Safety argument. Take any holder H (duration d, deadline D < d) and its last successful write W,
 started at s: H leads until at most s + D. Any state a candidate C observes after W (W's record,
