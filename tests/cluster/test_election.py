@@ -95,7 +95,7 @@ def test_sigterm_without_a_resign_releases_only_after_the_deadline_the_app_was_t
     told_until_mono = old.get("/leader")[1]["valid_until_monotonic"]
     old.process.send_signal(15)
     started = time.monotonic()
-    sidecars.wait_for(lambda: [n for n in sidecars.leaders(fleet) if n != old.identity], 2.5 + 1.0)
+    sidecars.wait_for(lambda: [n for n in sidecars.leaders(fleet) if n != old.identity], 2.5 + 5.0)
     assert old.process.wait(10) == 0
     held = [json.loads(line) for line in old.logs().splitlines() if '"release_held"' in line]
     assert held, old.logs()[-2000:]
