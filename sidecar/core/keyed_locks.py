@@ -258,13 +258,9 @@ class OwnerGate(AppLiveness):
         lapse of --app-heartbeat-ttl since the term began ends it from that moment, for good,
         even once a late heartbeat has covered the lapse; then this gate now (the owner's ttl, the
         app alive). An app's resign of the election is not its liveness: it leaves locks alone."""
-        app = self.app
-        # AppLiveness remembers its latest lapse for this very rule; its own term_end_reason would
-        # also end every key's term on a resign, and its sit-out would not block acquisitions here.
-        if app is not None and app.ttl_s is not None and app._lapsed_mono is not None \
-                and app._lapsed_mono >= started_mono:
-            return app._lapse_reason
-        return self.blocked_reason(now_mono)
+        # Not the app's own term_end_reason: it would also end every key's term on a resign.
+        lapse = self.app.lapse_since(started_mono) if self.app is not None else None
+        return lapse or self.blocked_reason(now_mono)
 
     def leading_until_mono(self) -> float | None:
         """K2: when the owner's claim ends unless renewed (None without an owner): its last renewal

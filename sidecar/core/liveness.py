@@ -120,14 +120,22 @@ class AppLiveness:
         one a later heartbeat has covered), or a gate closed now."""
         if self.resigned_since(started_mono):
             return "resigned"
-        if self._lapsed_mono is not None and self._lapsed_mono >= started_mono:
-            return self._lapse_reason
-        return self.blocked_reason(now_mono)
+        return self.lapse_since(started_mono) or self.blocked_reason(now_mono)
 
     def resigned_since(self, started_mono: float) -> bool:
         """Did the app resign at or after `started_mono`? A term begun then was given up by the app
         itself (election.py P2: its release need not wait for the deadline the app was told)."""
         return self._resigned_mono is not None and self._resigned_mono >= started_mono
+
+    def lapse_since(self, started_mono: float) -> str | None:
+        """Why the app's liveness lapsed at or after `started_mono`, if it did: the latest lapse of
+        the TTL that a heartbeat has since covered (it came late), so a term begun before it is
+        over from then for good (rule L3). None if there was none since (or no TTL). A lapse still
+        going on (no heartbeat yet) is `blocked_reason`'s; a resign is not a lapse
+        (`resigned_since`): keyed locks end their terms on the app's lapses only."""
+        if self._lapsed_mono is not None and self._lapsed_mono >= started_mono:
+            return self._lapse_reason
+        return None
 
     def leading_until_mono(self) -> float | None:
         """When the app's TTL lapses unless it heartbeats (None without a TTL or a heartbeat): the

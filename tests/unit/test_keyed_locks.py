@@ -202,3 +202,16 @@ def test_a_late_app_heartbeat_never_brings_a_keys_term_back() -> None:
     action = elector.next_action(at(2.6))
     assert isinstance(action, Write) and action.kind == "release"
     assert elector.view(2.6).term_end is not None and "app heartbeat missed" in elector.view(2.6).term_end.reason
+
+
+def test_a_resign_of_the_election_leaves_a_keys_term_alone() -> None:
+    app = AppLiveness(ttl_s=2.0)
+    app.beat(0, EPOCH)
+    elector, gate = key_elector(app)
+    _hold(elector, gate, 0)
+    app.resign(0.5, sit_out_s=10)  # POST /resign: the election's term ends, the lock's does not
+    assert elector.is_leader(1.0)
+    action = elector.next_action(at(1.0))
+    assert isinstance(action, Wait)  # nothing to write yet: no release
+    app.beat(1.5, EPOCH + timedelta(seconds=1.5))
+    assert elector.is_leader(3.0)  # the app alive (its last heartbeat + 2 s), the owner within its ttl

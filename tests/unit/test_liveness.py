@@ -105,6 +105,31 @@ def test_a_lapse_covered_by_a_late_heartbeat_still_ended_the_term() -> None:
     assert gate.leading_until_mono() == 7
 
 
+def test_lapse_since_names_the_latest_covered_lapse_and_never_a_resign() -> None:
+    gate = AppLiveness(ttl_s=3)
+    gate.beat(0, wall(0))
+    assert gate.lapse_since(0) is None  # on time so far
+    gate.resign(1, sit_out_s=0)
+    assert gate.lapse_since(0) is None and gate.resigned_since(0)  # a resign is not a lapse
+    gate.beat(5, wall(5))  # two seconds late: the TTL lapsed at 3
+    assert "app heartbeat missed" in (gate.lapse_since(0) or "")
+    assert gate.lapse_since(3) == gate.lapse_since(0)  # a term begun at the lapse ended with it
+    assert gate.lapse_since(3.5) is None  # a term begun after the lapse: not ended by it
+    gate.beat(6, wall(6))
+    assert "app heartbeat missed" in (gate.lapse_since(0) or "")  # an on-time heartbeat covers nothing
+
+
+def test_no_lapse_without_a_ttl_or_before_the_late_heartbeat() -> None:
+    untimed = AppLiveness()
+    untimed.beat(0, wall(0))
+    untimed.beat(100, wall(100))
+    assert untimed.lapse_since(0) is None
+    gate = AppLiveness(ttl_s=3)
+    gate.beat(0, wall(0))
+    assert gate.lapse_since(0) is None  # silent since 3, but no heartbeat has covered it yet:
+    assert gate.blocked_reason(10) is not None  # the lapse going on is the gate's
+
+
 def test_a_second_resign_never_shortens_the_sit_out() -> None:
     gate = AppLiveness()
     gate.resign(0, sit_out_s=10)
