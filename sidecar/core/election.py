@@ -123,9 +123,11 @@ The app's deadline (review finding S1)
   (F1) outlast its renew deadline anyway. Every status the board computes counts as published
   (the role files get one at every heartbeat and change, HTTP answers and event streams theirs),
   so every term of the election has a published deadline, whether or not an app ever asked the
-  local API: the sidecar cannot know that nobody read status.json. An Elector whose view no board
-  publishes binds nothing here (keyed locks tell their owners K2's deadline and hold their
-  releases for it by their own rule, K7 in core/keyed_locks.py).
+  local API: the sidecar cannot know that nobody read status.json. Every release path (close,
+  hand-over, the app's end of the term) asks one hook, `held_release`, and waits while it says
+  so; a held release is no write, so it is not one of the attempts a close gives up after. An
+  Elector whose view no board publishes binds nothing here; keyed locks tell their owners K2's
+  deadline and hold their releases for it by overriding that hook (K7 in core/keyed_locks.py).
 
 Safety argument. Take any holder H (duration d, deadline D < d) and its last successful write W,
 started at s: H leads until at most s + D. Any state a candidate C observes after W (W's record,
@@ -517,12 +519,24 @@ class Elector:
 
     def _release_when_promise_kept(self, now: Moment, timeout: float, successor: str | None) -> Write | Wait:
         """P2: the release, once every deadline published to the app for its term has passed (or
-        the app resigned); until then a wait, which an app's resign (the driver wakes) cuts short."""
-        promised = self._outstanding_promise(now.mono)
-        if promised is not None:
-            return Wait(promised, "the app was told it leads until then; released then, or when it resigns",
-                        holds_release=True)
+        the app resigned); until then a wait, which an app's resign (the driver wakes) cuts short.
+        Every release path (close, hand-over, the app's end of the term) comes through here."""
+        held = self.held_release(now.mono)
+        if held is not None:
+            return held  # not written, so not one of the attempts a close gives up after
         return self._release_write(now, timeout, successor)
+
+    def held_release(self, now_mono: float) -> Wait | None:
+        """P2: the wait that holds back a release of the last term now (until every deadline
+        published for it has passed, unless the app resigned), or None when the release may be
+        written. The one hook for holding releases: every release path asks it, and a drain (D1)
+        lasts at least until it ends. A subclass whose terms are told deadlines of its own extends
+        it, never shortens it (keyed locks: K7, the deadline told to a lock's owner)."""
+        promised = self._outstanding_promise(now_mono)
+        if promised is None:
+            return None
+        return Wait(promised, "the app was told it leads until then; released then, or when it resigns",
+                    holds_release=True)
 
     def _outstanding_promise(self, now_mono: float) -> float | None:
         """P2: the latest deadline published for the last term, if still ahead and not given up by
@@ -569,9 +583,9 @@ class Elector:
             return False
         if self._drain_until_mono is None:
             # D1, P2: the app was told a deadline before it heard of the drain; it lasts until then.
-            promised = self._outstanding_promise(now.mono)
+            held = self.held_release(now.mono)
             self._drain_until_mono = max(now.mono + self.config.handover_drain_timeout_s,
-                                         promised if promised is not None else now.mono)
+                                         held.until_mono if held is not None else now.mono)
         self._drain_successor = self._drain_successor or successor
         self._drain_closing = self._drain_closing or closing
         return True

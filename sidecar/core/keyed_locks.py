@@ -81,7 +81,10 @@ work has stopped). Each way a held key's term ends, and what it releases:
   release, which came after its deadline.
 A new owner on this pod takes the key only after the previous term is over and its release was
 written or not owed (K5), hence, by the cases above, after the previous owner's told deadline. The
-election's own rule for its app (election.py) is separate; this one needs nothing of it.
+election's own rule for its app (P2 in election.py) binds nothing here (no status board publishes a
+key's view); K7 shares only its mechanism: `KeyElector.held_release` extends the Elector's hook
+that every release path asks before writing, so a held release is never written, and never
+counted as one of the attempts a shutdown gives up after.
 """
 
 from __future__ import annotations
@@ -93,7 +96,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from sidecar.core.config import ConfigError, ElectionConfig, parse_duration_s
-from sidecar.core.election import UNSEEN_HOLDER, Action, Elector, HolderKey, Moment, Wait, Write
+from sidecar.core.election import UNSEEN_HOLDER, Elector, HolderKey, Moment, Wait
 from sidecar.core.liveness import AppLiveness
 from sidecar.core.record import LeaseRecord
 
@@ -318,13 +321,15 @@ class KeyElector(Elector):
         """K7: the owner let go itself (its work stopped): its deadlines hold the release no longer."""
         self.promised_until_mono = -math.inf
 
-    def next_action(self, now: Moment) -> Action:
-        """The Elector's decision, with K7: a release waits until every deadline told passed."""
-        action = super().next_action(now)
-        if isinstance(action, Write) and action.kind == "release" and now.mono < self.promised_until_mono:
-            self._release_attempts -= 1  # not sent, so not one of the attempts a close gives up after
-            return Wait(self.promised_until_mono, "the owner was told it holds the lock until then (K7)")
-        return action
+    def held_release(self, now_mono: float) -> Wait | None:
+        """K7 through the Elector's own hook for held releases (P2's): every release of a key's
+        term waits until every deadline told to its owner has passed. The election's P2 holds
+        nothing here (no status board publishes a key's view), and is kept if it ever does."""
+        held = super().held_release(now_mono)
+        if now_mono < self.promised_until_mono and (held is None or held.until_mono < self.promised_until_mono):
+            return Wait(self.promised_until_mono, "the owner was told it holds the lock until then (K7)",
+                        holds_release=True)
+        return held
 
     def has_term(self) -> bool:
         return self._term is not None

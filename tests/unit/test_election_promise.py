@@ -7,6 +7,9 @@ from __future__ import annotations
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
+import pytest
+
+from sidecar.core.config import ElectionConfig
 from sidecar.core.election import BeatRole, Done, Elector, Moment, Read, Wait, Write
 from sidecar.core.liveness import AppLiveness
 from sidecar.engine.status import StatusBoard
@@ -208,3 +211,62 @@ def test_a_view_nobody_published_binds_no_release() -> None:
     elector.close(at(3))
     release = elector.next_action(at(3))
     assert isinstance(release, Write) and release.kind == "release"
+
+
+
+class ToldElsewhere(Elector):
+    """An Elector whose terms were told a deadline of another kind (as keyed locks' K7 is): it
+    extends the one hook every release path asks, and patches nothing else."""
+
+    def __init__(self, told_until_mono: float, gate: AppLiveness | None = None,
+                 config: ElectionConfig = CONFIG) -> None:
+        super().__init__("a", config, gate=gate)
+        self.told_until_mono = told_until_mono
+
+    def held_release(self, now_mono: float) -> Wait | None:
+        held = super().held_release(now_mono)
+        if held is None and now_mono < self.told_until_mono:
+            return Wait(self.told_until_mono, "told elsewhere", holds_release=True)
+        return held
+
+
+def end_the_term(how: str, elector: ToldElsewhere, store: Store) -> None:
+    """At 1: each way a term of the election ends with a release owed."""
+    if how == "close":
+        elector.close(at(1))
+    elif how == "local hand-over request":
+        assert elector.request_handover("b", at(1))
+    elif how == "hand-over written into the record":
+        store.put(replace(store.current.record, handover_to="b"))
+        elector.observe(at(1), store.current)
+    elif how != "app lapse":  # the app's TTL lapses at 1 by itself
+        raise AssertionError(how)
+
+
+@pytest.mark.parametrize("how", ["close", "local hand-over request", "hand-over written into the record",
+                                 "app lapse"])
+def test_every_release_path_asks_the_held_release_hook_and_a_held_release_is_no_attempt(how: str) -> None:
+    gate = AppLiveness(ttl_s=1.0) if how == "app lapse" else AppLiveness()
+    gate.beat(0, at(0).wall)
+    store, elector = Store(), ToldElsewhere(told_until_mono=5.0, gate=gate)
+    lead(elector, store, 0)
+    end_the_term(how, elector, store)
+    # Far more decisions than Elector.MAX_RELEASE_ATTEMPTS while it is held: none is a write, and
+    # none uses up the attempts (a close would otherwise give up and never release).
+    for t in (1, 1.5, 2, 2.5, 3, 3.5, 4, 4.5, 4.99):
+        held = elector.next_action(at(t))
+        assert isinstance(held, Wait) and held.until_mono == 5.0 and held.holds_release, (t, held)
+        assert held.reason == "told elsewhere" and not elector.is_leader(t)
+    release = elector.next_action(at(5.0))
+    assert isinstance(release, Write) and release.kind == "release"
+    store.apply(elector, release, at(5.0), at(5.0))
+    assert store.current.record.holder == ""
+
+
+def test_a_drain_lasts_until_the_held_release_hooks_deadline() -> None:
+    store = Store()
+    elector = ToldElsewhere(told_until_mono=5.0, config=replace(CONFIG, handover_drain_timeout_s=1.0))
+    lead(elector, store, 0)
+    elector.close(at(1))  # the drain's timeout (1 + 1) comes first; the hook's deadline bounds it (D1)
+    assert elector.draining(4.9) and elector.view(4.9).valid_until_mono == 5.0
+    assert not elector.is_leader(5.0)

@@ -215,3 +215,32 @@ def test_a_resign_of_the_election_leaves_a_keys_term_alone() -> None:
     assert isinstance(action, Wait)  # nothing to write yet: no release
     app.beat(1.5, EPOCH + timedelta(seconds=1.5))
     assert elector.is_leader(3.0)  # the app alive (its last heartbeat + 2 s), the owner within its ttl
+
+
+def test_a_close_holds_the_release_until_the_owners_told_deadline_and_the_wait_is_no_attempt() -> None:
+    elector, gate = key_elector()
+    _hold(elector, gate, 0)
+    gate.renewed(2)  # the owner's PUT at 2: its ttl runs to 12
+    told_until = elector.promise_owner(2)
+    assert told_until == 12
+    elector.close(at(3))  # SIGTERM
+    assert not elector.is_leader(3)
+    for t in (3, 4, 5, 6, 7, 8, 9, 10, 11.99):  # more decisions than the Elector's release attempts
+        held = elector.next_action(at(t))
+        assert isinstance(held, Wait) and held.until_mono == told_until and held.holds_release
+        assert "(K7)" in held.reason
+    assert elector.held_release(11.99) == held
+    release = elector.next_action(at(told_until))
+    assert isinstance(release, Write) and release.kind == "release" and release.record.holder == ""
+    assert elector.held_release(told_until) is None
+
+
+def test_an_owners_own_release_is_held_by_nothing() -> None:
+    elector, gate = key_elector()
+    _hold(elector, gate, 0)
+    elector.promise_owner(0)  # told 10
+    elector.owner_released()  # DELETE: its work stopped
+    gate.withdraw("released by its owner")
+    assert elector.held_release(1) is None
+    release = elector.next_action(at(1))
+    assert isinstance(release, Write) and release.kind == "release"
