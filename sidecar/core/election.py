@@ -436,7 +436,7 @@ class Elector:
             if handover is not None:
                 return handover
         if self._term is not None and self._observed is not None:
-            successor = requested_successor(self._observed.record, self.identity)
+            successor = self.handover_requested(self._observed.record)
             if successor and not self._begin_drain(now, successor, closing=False):
                 # Standby first: the driver publishes this before it sends the release.
                 self._begin_handover(successor)
@@ -558,6 +558,12 @@ class Elector:
                          acquire_time=now.wall, renew_time=now.wall, successor=successor or "",
                          handover_to="", preferred_holder="")
         return Write("release", record, self._observed.version, timeout)
+
+    def handover_requested(self, record: LeaseRecord) -> str | None:
+        """H1: whom `record` (our own, while leading) asks this leader to hand over to (its
+        handover-to annotation, or a preferredHolder naming another), or None. Keyed locks
+        override it: a lock has no successors."""
+        return requested_successor(record, self.identity)
 
     def choose_successor(self, replacing_self: bool = False) -> str | None:
         """Whom a graceful release names (see core/succession.py)."""

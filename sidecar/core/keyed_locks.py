@@ -75,7 +75,7 @@ work has stopped). Each way a held key's term ends, and what it releases:
 - SIGTERM (close): the term ends and the owner's renewals are refused at once, and the release
   waits for the told deadline (at most the renew deadline, two thirds of --lock-max-ttl); if the
   shutdown grace ends first, no release is written and the Lease expires by observation as above;
-  a hand-over request written on a lock's Lease waits likewise;
+- a hand-over request written on a lock's Lease: ends nothing (K8 below);
 - the request rate and the key limit refuse requests (429): a refused renewal moves no told
   deadline and ends nothing by itself; garbage collection (K6) deletes only a Lease that shows a
   release, which came after its deadline.
@@ -85,6 +85,12 @@ election's own rule for its app (P2 in election.py) binds nothing here (no statu
 key's view); K7 shares only its mechanism: `KeyElector.held_release` extends the Elector's hook
 that every release path asks before writing, so a held release is never written, and never
 counted as one of the attempts a shutdown gives up after.
+
+K8 no successors. The election hands its term over on request (H1: the handover-to annotation
+written by `lease-sidecar handover`, or a preferredHolder); a lock is its owner's until the owner
+lets go, its ttl or the app's liveness runs out, or the sidecar stops, so `KeyElector` ignores
+such a request on a lock's Lease (the owner keeps the lock, and renewals carry the request on
+until the release clears it). A lock's release names no successor (no members view for keys).
 """
 
 from __future__ import annotations
@@ -330,6 +336,12 @@ class KeyElector(Elector):
             return Wait(self.promised_until_mono, "the owner was told it holds the lock until then (K7)",
                         holds_release=True)
         return held
+
+    def handover_requested(self, record: LeaseRecord) -> str | None:
+        """K8: a lock has no successors. A hand-over request written on its Lease (the handover-to
+        annotation of `lease-sidecar handover`, or a preferredHolder) is ignored: the owner keeps
+        the lock, and the request stays on the record until the lock's release clears it."""
+        return None
 
     def has_term(self) -> bool:
         return self._term is not None

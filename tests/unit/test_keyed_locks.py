@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -244,3 +245,21 @@ def test_an_owners_own_release_is_held_by_nothing() -> None:
     assert elector.held_release(1) is None
     release = elector.next_action(at(1))
     assert isinstance(release, Write) and release.kind == "release"
+
+
+@pytest.mark.parametrize("request_field", ["handover_to", "preferred_holder"])
+def test_a_hand_over_request_on_a_locks_lease_is_ignored(request_field: str) -> None:
+    elector, gate = key_elector()
+    stored = _hold(elector, gate, 0)
+    asked = replace(stored.record, **{request_field: "pod-b/aaaaaaaaaaaaaaaa"})  # `lease-sidecar handover`
+    elector.observe(at(1), Versioned(asked, "301"))
+    assert elector.handover_requested(asked) is None
+    gate.renewed(5)
+    for t in (1, 3, 5):
+        action = elector.next_action(at(t))
+        assert isinstance(action, Wait) and not action.holds_release  # no release, none held back
+        assert elector.is_leader(t)
+    renewal = elector.next_action(at(CONFIG.renewal_interval_s))
+    assert isinstance(renewal, Write) and renewal.kind == "renew"  # the owner keeps the lock
+    assert renewal.record.holder == "pod-a/0123456789abcdef" and renewal.expected_version == "301"
+    assert elector.view(CONFIG.renewal_interval_s).term_end is None

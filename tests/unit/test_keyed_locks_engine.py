@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from datetime import UTC, datetime
 
 import pytest
@@ -162,3 +163,26 @@ async def test_an_owners_own_release_is_written_at_once(
     hold = await locks.acquire("report", 10.0, 0.0)
     assert await locks.release_hold("report", hold.owner)  # it stopped its work: nothing to wait for
     assert released(leases, "report")
+
+
+async def test_a_hand_over_request_written_on_a_locks_lease_leaves_the_owner_holding_it(
+        running: tuple[KeyedLocks, FakeLockLeases, FakeClock]) -> None:
+    locks, leases, clock = running
+    clock.advance(MAX_TTL_S + 10)
+    hold = await locks.acquire("report", 30.0, 0.0)
+    record = leases.record("report")
+    assert record is not None
+    leases.put("report", replace(record, handover_to="pod-b/aaaaaaaaaaaaaaaa"))  # `lease-sidecar handover`
+    entry = locks.entries[leases.name_of("report")]
+    await until(lambda: entry.elector.observed_record is not None and entry.elector.observed_record.handover_to != "")
+    await wake_drivers(locks)
+    clock.advance(CONFIG.renewal_interval_s)  # the sidecar's renewal is due
+    renewed = locks.renew_hold("report", hold.owner)  # the owner still holds it
+    assert renewed.fencing_token == hold.fencing_token
+    writes_before = len(leases.writes)
+    await wake_drivers(locks)
+    await until(lambda: len(leases.writes) > writes_before)
+    assert not released(leases, "report")
+    name, written = leases.writes[-1]
+    assert name == leases.name_of("report") and written.holder == record.holder  # a renewal, not a release
+    assert written.fencing_token == hold.fencing_token and written.successor == ""
