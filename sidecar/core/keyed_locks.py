@@ -229,7 +229,9 @@ def lock_election_config(max_ttl_s: float, request_timeout_s: float | None) -> E
 class OwnerGate(AppLiveness):
     """The Elector's gate for one key: lead only while this pod's owner wants the key (acquiring,
     or holding and renewing within its ttl) and, with --app-heartbeat-ttl, while the app is alive;
-    a term is over from the first lapse of the app's liveness since it began (`term_end_reason`)."""
+    a term is over from the first lapse of the app's liveness since it began (`term_end_reason`).
+    Only a heartbeat opens the gate's app side, which no `next_change_mono` can foresee: the
+    driver wakes its waiting acquisitions at each one (engine `KeyedLocks.app_seen_alive`)."""
 
     def __init__(self, app: AppLiveness | None = None) -> None:
         super().__init__()

@@ -2,7 +2,8 @@
 
 A thin shell around `core.liveness.AppLiveness` (every rule lives there and in the Elector): it
 stamps each observation with the clock, publishes, and wakes the elect loop so that a standby
-whose app just came alive campaigns at once and a resigning leader releases at once.
+whose app just came alive campaigns at once and a resigning leader releases at once. Whatever
+else waits for a live app (keyed locks' acquisitions) subscribes with `on_alive`.
 """
 
 from __future__ import annotations
@@ -50,12 +51,23 @@ class AppLink:
         self._wake = wake
         self.default_sit_out_s = default_sit_out_s
         self._probe_failing = False
+        self._alive_listeners: list[Callable[[], None]] = []
+
+    def on_alive(self, listener: Callable[[], None]) -> None:
+        """Call `listener` at every sign of life (a heartbeat, a passing probe), after the election's
+        own wake: waiters that a dead app holds back decide again at once, not at their timeout."""
+        self._alive_listeners.append(listener)
 
     def heartbeat(self, info: AppInfo | None = None) -> Snapshot:
         now = self.clock.now()
         self.liveness.beat(now.mono, now.wall, info)
-        self._wake()
+        self._seen_alive()
         return self.board.snapshot()
+
+    def _seen_alive(self) -> None:
+        self._wake()
+        for listener in self._alive_listeners:
+            listener()
 
     def resign(self, sit_out_s: float | None = None) -> Snapshot:
         """Standby from this moment (the view consults the gate); the elect loop, woken, releases."""
@@ -87,7 +99,7 @@ class AppLink:
             now = self.clock.now()
             self.liveness.probe(now.mono, now.wall, ok)
             if ok:
-                self._wake()
+                self._seen_alive()
             if ok == self._probe_failing:  # log transitions only
                 self._probe_failing = not ok
                 log.warning("app health probe failing" if not ok else "app health probe passing",

@@ -247,6 +247,15 @@ class KeyedLocks:
         record = entry.elector.observed_record
         return record is None or record.holder == ""
 
+    def app_seen_alive(self) -> None:
+        """The app heartbeated (or passed a probe). With --app-heartbeat-ttl no key is taken while
+        the app is not alive, and an acquisition held back by that sleeps until the end of its
+        wait (only a heartbeat opens the gate, so no timer is due before): wake it to decide again
+        now. Holders need no wake: a heartbeat only moves their deadlines later."""
+        for entry in self.entries.values():
+            if entry.pending:
+                entry.wake.set()
+
     def describe(self, key: str, owner: str | None = None) -> dict[str, Any]:
         """GET /locks/{key}: is_locked and holder as this sidecar observes them; for the owner its
         token and deadline."""

@@ -213,6 +213,8 @@ async def assemble(settings: RunSettings, namespace: str, identity: str, config:
                                       app_gated=settings.app_heartbeat_ttl is not None).on_snapshot)
     lock_parts = build_lock_parts(settings, api_client, namespace, identity, clock, liveness, registry,
                                   metrics.observe_request)
+    if lock_parts is not None:
+        lock_parts.follow_app(app_side.link)
     return Parts(elector, liveness, clock, metrics, registry, board, role_files, api_client, leader_parts,
                  heartbeat, app_side, lock_parts)
 

@@ -14,6 +14,7 @@ from sidecar.core.clock import Clock
 from sidecar.core.config import ConfigError
 from sidecar.core.keyed_locks import LockLimits, check_max_ttl, check_prefix, election_label, lock_election_config
 from sidecar.core.liveness import AppLiveness
+from sidecar.engine.app_link import AppLink
 from sidecar.engine.keyed_locks import KeyedLocks
 from sidecar.kube.lock_leases import LockLeases
 from sidecar.publish import locks_api
@@ -46,6 +47,10 @@ class LockParts:
 
     def install_routes(self, app: web.Application) -> None:
         locks_api.add_routes(app, self.locks)
+
+    def follow_app(self, link: AppLink) -> None:
+        """An acquisition waiting (`?wait=`) for a live app is taken at the app's heartbeat."""
+        link.on_alive(self.locks.app_seen_alive)
 
     def loops(self) -> dict[str, Coroutine[Any, Any, None]]:
         return {"lock_watch": self.locks.watch_forever(), "lock_gc": self.locks.gc_forever()}

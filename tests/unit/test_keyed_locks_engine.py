@@ -9,11 +9,17 @@ from dataclasses import replace
 from datetime import UTC, datetime
 
 import pytest
+from prometheus_client import CollectorRegistry
 
-from sidecar.core.keyed_locks import LockLimits, lock_election_config
+from sidecar.core.election import Elector
+from sidecar.core.keyed_locks import LockLimits, lease_name_for, lock_election_config
 from sidecar.core.liveness import AppLiveness
 from sidecar.core.record import LeaseRecord
+from sidecar.engine.app_link import AppLink
 from sidecar.engine.keyed_locks import KeyedLocks, LockRefused
+from sidecar.engine.status import StatusBoard
+from sidecar.publish.lock_metrics import LockMetrics
+from sidecar.wiring.lock_parts import LockParts
 from tests.unit.fake_lock_leases import FakeClock, FakeLockLeases, until
 
 MAX_TTL_S = 30.0
@@ -186,3 +192,68 @@ async def test_a_hand_over_request_written_on_a_locks_lease_leaves_the_owner_hol
     name, written = leases.writes[-1]
     assert name == leases.name_of("report") and written.holder == record.holder  # a renewal, not a release
     assert written.fencing_token == hold.fencing_token and written.successor == ""
+
+
+def app_link(locks: KeyedLocks, app: AppLiveness, clock: FakeClock) -> AppLink:
+    """The app's link as the sidecar wires it: its heartbeats and probes reach the keyed locks."""
+    link = AppLink(app, StatusBoard(Elector("pod-a", CONFIG), clock, "default/work", 3, app), clock, lambda: None,
+                   default_sit_out_s=5.0)
+    LockParts(locks, LockMetrics(CollectorRegistry(), "default", "work", "locks-")).follow_app(link)
+    return link
+
+
+def driver_asleep(locks: KeyedLocks, key: str) -> bool:
+    entry = locks.entries.get(lease_name_for("locks-", key))
+    return entry is not None and entry.task is not None and not entry.wake.is_set()
+
+
+@pytest.mark.parametrize("app_before", ["never heartbeated", "lapsed"])
+async def test_an_acquisition_waiting_for_a_live_app_is_taken_at_its_heartbeat(
+        running: tuple[KeyedLocks, FakeLockLeases, FakeClock], app_before: str) -> None:
+    locks, leases, clock = running
+    app = AppLiveness(ttl_s=2.0)
+    locks.app = app
+    link = app_link(locks, app, clock)
+    clock.advance(MAX_TTL_S + 10)  # the watch is old: nothing but the app holds the key back
+    if app_before == "lapsed":
+        link.heartbeat()
+        clock.advance(3.0)
+    acquiring = asyncio.create_task(locks.acquire("nightly", 10.0, 120.0))  # ?wait=120s
+    await until(lambda: driver_asleep(locks, "nightly"))
+    await asyncio.sleep(0.05)
+    assert not acquiring.done() and not leases.writes  # no key is taken while the app is not alive
+    link.heartbeat()  # POST /heartbeat
+    # Woken by the heartbeat, not at the end of its wait (which is 120 s of real time away: the
+    # driver's timers run on the loop's clock).
+    await until(acquiring.done)
+    hold = acquiring.result()
+    assert hold.fencing_token > 0 and hold.valid_until_monotonic <= clock.mono + 2.0
+
+
+async def test_a_passing_probe_wakes_a_waiting_acquisition_too(
+        running: tuple[KeyedLocks, FakeLockLeases, FakeClock]) -> None:
+    locks, _, clock = running
+    app = AppLiveness(ttl_s=2.0)
+    locks.app = app
+    link = app_link(locks, app, clock)
+    clock.advance(MAX_TTL_S + 10)
+    acquiring = asyncio.create_task(locks.acquire("nightly", 10.0, 120.0))
+    await until(lambda: driver_asleep(locks, "nightly"))
+    answers = [(False, "connection refused"), (True, None)]
+    taken_before_the_pass: list[bool] = []
+
+    async def probe() -> tuple[bool, str | None]:
+        if len(answers) == 1:
+            taken_before_the_pass.append(acquiring.done())
+        return answers.pop(0) if answers else (True, None)
+
+    async def sleep(seconds: float) -> None:
+        await asyncio.sleep(0.05)  # real time for the loop to run the woken driver
+
+    probing = asyncio.create_task(link.probe_at_fixed_rate(probe, 1.0, sleep))
+    try:
+        await until(acquiring.done)
+    finally:
+        probing.cancel()
+    assert taken_before_the_pass == [False]  # a failing probe is no sign of life
+    assert acquiring.result().fencing_token > 0
