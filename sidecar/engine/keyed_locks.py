@@ -195,6 +195,12 @@ class KeyedLocks:
                               retry_after_s=self.config.renewal_interval_s)
         owner = owner or secrets.token_hex(8)
         now = self.clock.now()
+        app = entry.gate.app
+        if wait_s <= 0 and app is not None and app.ttl_s is not None and not app.view(now.mono).alive:
+            # Only a heartbeat opens the gate, and a try_acquire does not wait for one: say so now
+            # rather than after the budget below, as "not free yet".
+            raise LockRefused(409, "the app is not alive (--app-heartbeat-ttl): POST /heartbeat first, "
+                                   "or acquire with ?wait=", lease=self._lease(entry), retry_after_s=1.0)
         # Without a wait the answer comes at the first fence, or after two API timeouts at most.
         budget_s = wait_s if wait_s > 0 else 2 * self.config.request_timeout + 0.5
         entry.elector.set_owner(owner)

@@ -257,3 +257,17 @@ async def test_a_passing_probe_wakes_a_waiting_acquisition_too(
         probing.cancel()
     assert taken_before_the_pass == [False]  # a failing probe is no sign of life
     assert acquiring.result().fencing_token > 0
+
+
+async def test_a_try_acquire_while_the_app_is_not_alive_is_refused_at_once_saying_why(
+        running: tuple[KeyedLocks, FakeLockLeases, FakeClock]) -> None:
+    locks, leases, clock = running
+    locks.app = AppLiveness(ttl_s=2.0)  # --app-heartbeat-ttl, and no heartbeat yet
+    clock.advance(MAX_TTL_S + 10)
+    # Without a wait the answer must not sit out the request budget (two API timeouts, on the
+    # loop's real clock) to say "not free yet": the bound here is far below that budget.
+    async with asyncio.timeout(5.0):
+        with pytest.raises(LockRefused) as refused:
+            await locks.acquire("nightly", 10.0, 0.0)
+    assert refused.value.status == 409 and "app is not alive" in refused.value.message
+    assert not leases.writes
