@@ -410,7 +410,7 @@ class Elector:
         """Why the running term is over by `now_mono` though the Elector has not acted on it yet."""
         app_ended = self._app_ended(now_mono)
         if app_ended is not None:
-            return app_ended
+            return self._as_acknowledged_handover(app_ended)
         if now_mono < self.valid_until_mono and self._drain_until_mono is not None:
             return "shutting down" if self._drain_closing else f"handing over to {self._drain_successor}"
         return "renew deadline passed"
@@ -826,12 +826,19 @@ class Elector:
         if ended is not None:
             # Rule A: the app died, hung or resigned: standby first (is_leader already said so from
             # that moment), then the release, then a standby that campaigns when the gate opens.
-            self._end_term(ended)
+            self._end_term(self._as_acknowledged_handover(ended))
             if ended != "resigned":
                 self.stats.leader_elections_lost += 1
             # H1: name a successor; a resigning app is usually its pod shutting down.
             successor = self._drain_successor or self.choose_successor(replacing_self=ended == "resigned")
             self._handing_over, self._handover_to, self._release_attempts = True, successor, 0
+
+    def _as_acknowledged_handover(self, app_ended: str) -> str:
+        """A resign during a hand-over's drain is the app's acknowledgement (D1): the term ends as
+        that hand-over, and is announced so (its Event is HandoverRequested, not a plain resign)."""
+        if app_ended == "resigned" and self._drain_successor is not None and not self._drain_closing:
+            return f"handing over to {self._drain_successor}"
+        return app_ended
 
     def _lose_term(self, reason: str) -> None:
         self._end_term(reason)

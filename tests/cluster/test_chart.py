@@ -250,7 +250,8 @@ def test_cpu_slice_reaches_the_sidecar_only_when_set(charts: Path, helm_env: dic
 
 
 @pytest.mark.parametrize(("args", "expected", "drain_s"), [
-    ([], None, 0.0),
+    ([], "10s", 10.0),  # the example's own setting: its app resigns when it sees `draining`
+    (["--set", "lease-sidecar.handoverDrainTimeout="], None, 0.0),  # unset: the sidecar's default (off)
     (["--set", "lease-sidecar.handoverDrainTimeout=0"], "0", 0.0),
     (["--set", "lease-sidecar.handoverDrainTimeout=45"], "45", 45.0),
     (["--set", "lease-sidecar.handoverDrainTimeout=1m"], "1m", 60.0),

@@ -75,8 +75,12 @@ def test_a_hand_over_with_a_drain_leads_on_then_releases_to_the_successor() -> N
     assert elector.request_handover("b", at(1))
     assert elector.view(1).role is BeatRole.LEADER and elector.view(1).draining
     elector.gate.resign(1.5, sit_out_s=0)
+    # Published before the Elector acts (the resign's own answer, the Events): already the hand-over.
+    assert elector.view(1.5).term_end.reason == "handing over to b"
     release = elector.next_action(at(1.5))
     assert isinstance(release, Write) and release.kind == "release" and release.record.successor == "b"
+    # The app's resign acknowledged the hand-over: the term ended as that hand-over (its Event).
+    assert elector.view(1.5).term_end.reason == "handing over to b"
     store.apply(elector, release, at(1.5), at(1.5))
     assert not isinstance(elector.next_action(at(1.6)), Done)  # still a candidate, not shut down
 
