@@ -322,6 +322,10 @@ class Elector:
         self._done = False
         self._echo_pending: str | None = None
         self._stream_versions: deque[str] = deque(maxlen=32)
+        self._newest_version: int | None = None
+        self._older_read_pending = False
+        """The resourceVersion of the newest record (or absence) observed: a stream event older
+        than it is stale (see `observe`)."""
         self.write_generation = 0
         """Counts successful writes; a list sent before one of them landed may be stale."""
         self._handover_to: str | None = None
@@ -693,7 +697,9 @@ class Elector:
 
         `from_stream`: a watch event after the stream's initial list. Watch events arrive in
         order, so until the echo of our own last write shows up, any event predates that write
-        and is ignored; comparing resourceVersions, which are opaque, is never needed.
+        and is ignored. A stream event older (by integer resourceVersion) than the newest record
+        observed is stale and ignored too: after a read replaced a dropped list, the stream
+        catches up on events before that read.
         `sent_at_generation`: `write_generation` when the request was sent; if one of our writes
         succeeded since, the answer may predate it and is dropped (the stream will catch up).
         """
@@ -702,9 +708,23 @@ class Elector:
         # A deadline that passed while this process was paused is the term's end, whatever this
         # observation says next: the reason must be the true one.
         self._expire_term(now)
+        seen = _version_number(current.version if current is not None else absent_version)
+        if from_stream and current is not None:
+            self._stream_versions.append(current.version)
+        if seen is not None and self._newest_version is not None and seen < self._newest_version:
+            # Stale: something newer was already observed. A read answered before a write that
+            # the stream then delivered first (our own release's read racing the successor's
+            # acquisition), or the stream catching up after a read replaced a dropped list, would
+            # otherwise move the view back (a named successor then judged its own release "a
+            # holder cleared without a release" and waited). Integer resourceVersions of one
+            # resource compare (KEP-5504, as L2 relies on); opaque ones skip this. A second read
+            # in a row that is older is believed: the store's versions went back (an etcd
+            # restore), and the view follows it.
+            if from_stream or not self._older_read_pending:
+                self._older_read_pending = not from_stream
+                return
+        self._older_read_pending = False
         if from_stream:
-            if current is not None:
-                self._stream_versions.append(current.version)
             if self._echo_pending is not None:
                 if current is None or current.version != self._echo_pending:
                     return
@@ -713,6 +733,7 @@ class Elector:
             self._echo_pending = None
         self._last_observation = now
         self._needs_read = False
+        self._newest_version = seen  # never older than before, unless the store went back (above)
         changed = not self._observed_ever or (
             (current is None) != (self._observed is None)
             or (current is not None and self._observed is not None
