@@ -154,9 +154,10 @@ class Worker(threading.Thread):
                 if status == 200:
                     end = renewed["valid_until_monotonic"]
                 time.sleep(0.1)
-                released_at = time.monotonic()
+                # The work stops here, before the release is asked: even if the answer never comes
+                # (the sidecar killed after writing the release), the hold ended at this moment.
+                end = min(end, time.monotonic())
                 call(self.sidecar, "DELETE", lock_path(key, owner=held["owner"]), timeout=6)
-                end = min(end, released_at)
             except OSError:
                 pass
             self.holds.append((key, got, end, held["fencing_token"]))
