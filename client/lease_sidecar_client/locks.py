@@ -82,10 +82,11 @@ class Lock:
         return self.valid_until_monotonic > (time.monotonic() if now is None else now)
 
     def capped_by_the_wait(self, body: dict[str, Any]) -> bool:
-        """Whether the any-clock bound (question + time left at the answer) cut this lock's
-        deadline short of the sidecar's: after a long `wait` it can be spent on arrival, and one
-        renewal (a local request, no API write) gives a bound counted from a fresh question."""
-        return self.valid_until_monotonic < float(body["valid_until_monotonic"])
+        """Whether the any-clock bound (question + time left at the answer) left this lock less
+        than half of the time the sidecar gave it: after a long `wait` it can be spent on
+        arrival, and one renewal (a local request, no API write) gives a bound counted from a
+        fresh question."""
+        return self.remaining_s() < float(body.get("valid_for_seconds", 0.0)) / 2
 
     @classmethod
     def from_answer(cls, body: dict[str, Any], asked_at: float) -> Lock:
@@ -216,7 +217,12 @@ class Locks:
         asked = time.monotonic()
         body = self._call("POST", key, _acquire_path(key, ttl_s, wait_s), self.request_timeout_s + (wait_s or 0))
         lock = Lock.from_answer(body, asked)
-        return self.renew(lock) if wait_s and lock.capped_by_the_wait(body) else lock
+        if not (wait_s and lock.capped_by_the_wait(body)):
+            return lock
+        try:
+            return self.renew(lock)
+        except (LockLost, LockRequestError):
+            return lock  # granted all the same: its own bound is safe, and the holder's renewals go on
 
     def try_acquire(self, key: str, ttl_s: float | None = None) -> Lock | None:
         """The seed's try_acquire: the lock, or None when someone else holds it."""
@@ -348,7 +354,12 @@ class AsyncLocks:
         asked = time.monotonic()
         body = await self._call("POST", key, _acquire_path(key, ttl_s, wait_s), self.request_timeout_s + (wait_s or 0))
         lock = Lock.from_answer(body, asked)
-        return await self.renew(lock) if wait_s and lock.capped_by_the_wait(body) else lock
+        if not (wait_s and lock.capped_by_the_wait(body)):
+            return lock
+        try:
+            return await self.renew(lock)
+        except (LockLost, LockRequestError):
+            return lock  # granted all the same: its own bound is safe, and the holder's renewals go on
 
     async def try_acquire(self, key: str, ttl_s: float | None = None) -> Lock | None:
         try:

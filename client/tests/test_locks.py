@@ -153,6 +153,13 @@ class Blocking(WithFakeLocks):
         self.assertTrue(lock.is_valid())
         self.assertEqual(self.fake.renewals, 1)
 
+    def test_a_lock_granted_after_a_long_wait_is_kept_when_the_renewal_on_arrival_fails(self) -> None:
+        # The sidecar does not answer the renewal (503): the granted lock is still returned, with
+        # its own (spent) bound, rather than orphaned by an exception before any `with` block.
+        self.fake.acquire_wait_s, self.fake.unanswered = 1.0, True
+        lock = Locks(self.fake.url).acquire("tenant/job", ttl_s=TTL_S, wait_s=5)
+        self.assertEqual((lock.key, lock.fencing_token), ("tenant/job", 1))
+
     def test_a_refused_renewal_is_a_loss_told_once_and_not_released(self) -> None:
         reasons: list[str] = []
         locks = Locks(self.fake.url)

@@ -26,7 +26,7 @@ TOKEN_ABOVE_VERSION_SLACK = 2**40
 """How far above its record's resourceVersion a token is still honoured (election.py L2): no token
 the election issues exceeds it at all, but one remembered from before an etcd restore may."""
 
-_DECIMAL = re.compile(r"^[0-9]{1,19}$")
+_DECIMAL = re.compile(r"[0-9]{1,19}")
 
 _MICROTIME = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d{1,9}))?(Z|[+-]\d\d:\d\d)$")
 
@@ -147,12 +147,12 @@ def parse_fencing_token(value: object, resource_version: object = None) -> tuple
     if value is None or value == "":
         return None, ""
     text = str(value)
-    if not _DECIMAL.match(text):
+    if not _DECIMAL.fullmatch(text):
         return None, "not a decimal integer of at most 19 digits"
     token = int(text)
     if token > MAX_FENCING_TOKEN:
         return None, "above 2^63-1, the largest a bigint fence takes"
     version = str(resource_version) if resource_version is not None else ""
-    if _DECIMAL.match(version) and token > int(version) + TOKEN_ABOVE_VERSION_SLACK:
+    if _DECIMAL.fullmatch(version) and token > int(version) + TOKEN_ABOVE_VERSION_SLACK:
         return None, f"more than 2^40 above the Lease's resourceVersion {version}, which no term writes"
     return token, ""

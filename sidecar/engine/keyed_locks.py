@@ -332,8 +332,8 @@ class KeyedLocks:
             except WatchExpired as error:
                 log.info("lock watch expired, listing again", extra={"event": "lock_watch_expired",
                                                                      "error": str(error)})
-                version, self._watched_since_mono = "", None
-                self._synced.clear()
+                version = ""
+                self._lose_sight()  # K3: a 410 is a break too; every earlier view is read again
             except (LockError, OSError) as error:
                 self._lose_sight()
                 log.warning("lock watch broken, resuming", extra={"event": "lock_watch_failed", "error": str(error),

@@ -12,7 +12,7 @@ from typing import Any
 
 from sidecar.core.election import Moment
 from sidecar.core.keyed_locks import KEY_ANNOTATION, LockEvent, lease_name_for
-from sidecar.core.lock import BackendUnavailable, Conflict, Versioned, WatchEvent
+from sidecar.core.lock import BackendUnavailable, Conflict, Versioned, WatchEvent, WatchExpired
 from sidecar.core.record import LeaseRecord
 
 
@@ -51,6 +51,11 @@ class FakeLockLeases:
 
     def break_watch(self) -> None:
         self.watch_down = True
+        self._poke()
+
+    def expire_watch(self) -> None:
+        """The open watch's version is compacted away: it ends with a 410 (WatchExpired)."""
+        self.watch_expired = True
         self._poke()
 
     def heal_watch(self) -> None:
@@ -113,6 +118,10 @@ class FakeLockLeases:
                 if self.watch_down:
                     self.watches_broken += 1
                     raise BackendUnavailable("watch locks: connection reset")
+                if getattr(self, "watch_expired", False):
+                    self.watch_expired = False
+                    self.watches_expired = getattr(self, "watches_expired", 0) + 1
+                    raise WatchExpired("watch locks: 410 Gone")
                 if seen < len(self.history):
                     seen += 1
                     yield self.history[seen - 1]

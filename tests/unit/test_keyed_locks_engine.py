@@ -271,3 +271,16 @@ async def test_a_try_acquire_while_the_app_is_not_alive_is_refused_at_once_sayin
             await locks.acquire("nightly", 10.0, 0.0)
     assert refused.value.status == 409 and "app is not alive" in refused.value.message
     assert not leases.writes
+
+
+async def test_an_expired_watch_is_a_break_too_every_earlier_view_is_read_again(
+        running: tuple[KeyedLocks, FakeLockLeases, FakeClock]) -> None:
+    locks, leases, clock = running
+    clock.advance(MAX_TTL_S + 10)
+    assert (await locks.acquire("known", 10.0, 0.0)).fencing_token > 0
+    entry = locks.entries[lease_name_for("locks-", "known")]
+    told: list[bool] = []
+    entry.elector.lost_sight = lambda: told.append(True)  # type: ignore[method-assign]
+    leases.expire_watch()  # a 410: the version the watch resumed from was compacted away
+    # K3: what was seen before the 410 may be stale, as after any break: it is read again.
+    await until(lambda: bool(told))

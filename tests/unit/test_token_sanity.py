@@ -38,7 +38,7 @@ def test_a_token_above_int64_is_ignored(token: str) -> None:
     assert LeaseRecord.from_lease(lease(token, version=None)).fencing_token is None
 
 
-@pytest.mark.parametrize("token", ["-3", "12abc", "1_000", " 12", "+12", "1.0", "0x10", "١٢", "true"])
+@pytest.mark.parametrize("token", ["-3", "12abc", "1_000", " 12", "+12", "1.0", "0x10", "١٢", "true", "12\n"])
 def test_an_unparsable_token_is_ignored(token: str) -> None:
     found, why = parse_fencing_token(token, "1000")
     assert found is None and why
