@@ -6,10 +6,26 @@ import json
 import os
 import shutil
 import subprocess
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 from tests.conftest import localcluster
+
+
+def json_objects(lines: Iterable[str]) -> Iterator[Any]:
+    """The JSON objects of a stream that prints them one after another over many lines, as
+    `kubectl get --watch -o json` does, each as soon as it is complete."""
+    decoder, buffer = json.JSONDecoder(), ""
+    for line in lines:
+        buffer += line
+        while buffer.strip():
+            try:
+                obj, end = decoder.raw_decode(buffer.lstrip())
+            except ValueError:
+                break
+            buffer = buffer.lstrip()[end:]
+            yield obj
 
 
 def kubectl(*args: str, check: bool = True, token: str | None = None, stdin: str | None = None) -> str:

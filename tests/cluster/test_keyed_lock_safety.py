@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.cluster import sidecars
-from tests.cluster.kube import get_lease, kubectl
+from tests.cluster.kube import get_lease, json_objects, kubectl
 from tests.cluster.test_keyed_locks import call, lock_path, start
 from tests.conftest import localcluster
 
@@ -34,17 +34,9 @@ class LeaseWatcher:
         self._thread.start()
 
     def _read(self) -> None:
-        decoder, buffer = json.JSONDecoder(), ""
         assert self.process.stdout is not None
-        for line in self.process.stdout:
-            buffer += line
-            while buffer.strip():
-                try:
-                    event, end = decoder.raw_decode(buffer.lstrip())
-                except ValueError:
-                    break
-                buffer = buffer.lstrip()[end:]
-                self.events.append(event)
+        for event in json_objects(self.process.stdout):
+            self.events.append(event)
 
     def deletion_version(self, timeout_s: float = 10) -> int:
         """The resourceVersion the DELETED event carries (the version a watching sidecar sees)."""

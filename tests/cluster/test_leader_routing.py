@@ -27,7 +27,7 @@ from sidecar.core.succession import SUCCESSOR_WINDOW_S
 from sidecar.kube.endpoints import LeaderEndpoints
 from sidecar.kube.events import LeaseEvents
 from tests.cluster import sidecars
-from tests.cluster.kube import get_lease, kubectl, service_account_dir
+from tests.cluster.kube import get_lease, json_objects, kubectl, service_account_dir
 from tests.cluster.test_chart import (  # noqa: F401  (fixtures)
     EXAMPLE,
     can_i,
@@ -84,17 +84,9 @@ class SliceWatcher:
         self._thread.start()
 
     def _read(self) -> None:
-        decoder, buffer = json.JSONDecoder(), ""
         assert self.process.stdout is not None
-        for line in self.process.stdout:
-            buffer += line
-            while buffer.strip():
-                try:
-                    obj, end = decoder.raw_decode(buffer.lstrip())
-                except ValueError:
-                    break
-                buffer = buffer.lstrip()[end:]
-                self.states.append((time.monotonic(), addresses(obj), slice_token(obj)))
+        for obj in json_objects(self.process.stdout):
+            self.states.append((time.monotonic(), addresses(obj), slice_token(obj)))
 
     def stop(self) -> list[tuple[float, list[str], int | None]]:
         self.process.terminate()

@@ -7,24 +7,14 @@ from __future__ import annotations
 import asyncio
 import copy
 from collections.abc import AsyncIterator, Callable
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sidecar.core.election import Moment
 from sidecar.core.keyed_locks import KEY_ANNOTATION, LockEvent, lease_name_for
 from sidecar.core.lock import BackendUnavailable, Conflict, Versioned, WatchEvent, WatchExpired
 from sidecar.core.record import LeaseRecord
+from tests.unit.test_heartbeat import FakeClock  # the fake clock the heartbeat tests drive
 
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.mono = 1000.0
-
-    def now(self) -> Moment:
-        return Moment(self.mono, datetime(2026, 1, 1, tzinfo=UTC) + timedelta(seconds=self.mono))
-
-    def advance(self, seconds: float) -> None:
-        self.mono += seconds
+__all__ = ["FakeClock", "FakeLockLeases", "until"]
 
 
 class FakeLockLeases:
